@@ -1,0 +1,113 @@
+"""SPHINX-X configuration: an LLM (Llama or Mixtral layout) fed by a mixture of visual experts."""
+
+from huggingface_hub.dataclasses import strict
+from transformers import AutoConfig, PreTrainedConfig
+from transformers.configuration_utils import SubConfigSpec
+
+
+@strict(accept_kwargs=True)
+class SphinxXConfig(PreTrainedConfig):
+    r"""
+    Configuration of a SPHINX-X model (arXiv 2402.05935) and of the released SPHINX checkpoints of LLaMA2-Accessory.
+
+    The image is laid on a canvas of `image_grid[0] * tile_size` x `image_grid[1] * tile_size` pixels. Every encoder
+    sees a *global view* (the whole canvas resized to the encoder's `image_size`) and one view per tile. Per encoded
+    view the language model receives `[image_start] + tokens + [image_end]`; `tokens` are the Q-Former queries (when
+    a Q-Former is configured) followed by `1 + grid**2` fused grid tokens (global token first).
+
+    Args:
+        text_config (`dict` or `PreTrainedConfig`): the language model (`llama` or `mixtral`).
+        convnext_config, dinov2_config, clip_config, qformer_config (`dict` or `PreTrainedConfig`, *optional*):
+            the visual experts, each an HF config (`convnext`, `dinov2`, `clip_vision_model`, `blip-2`). Its
+            `image_size` is the side of the views that encoder receives. At least one of ConvNeXt, DINOv2 or CLIP
+            must be set; their grid features are concatenated along channels in the order CLIP | ConvNeXt | DINOv2.
+        tile_size (`int`): side of one canvas tile in pixels.
+        image_grid (`list[int]`): `[rows, cols]` of tiles on the canvas.
+        use_skip_tokens (`bool`): SPHINX-X skip tokens. The image keeps its aspect ratio at the top-left of the canvas;
+            tiles it does not touch are not encoded and cost one learned skip embedding. When `False` (released
+            checkpoints), the image is centred on a padded canvas and every tile is encoded.
+        image_token_id (`int`): id of the placeholder token that the processor repeats for every image position.
+        projector_layer_norm_eps (`float`): epsilon of the LayerNorm that follows each projection.
+    """
+
+    model_type = "sphinx_x"
+    sub_configs_defaults = {
+        "text_config": SubConfigSpec(config_class=AutoConfig, model_type="llama"),
+        "convnext_config": SubConfigSpec(config_class=AutoConfig, model_type="convnext", optional=True),
+        "dinov2_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
+        "clip_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
+        "qformer_config": SubConfigSpec(config_class=AutoConfig, model_type="blip-2", optional=True),
+    }
+
+    text_config: dict | PreTrainedConfig | None = None
+    convnext_config: dict | PreTrainedConfig | None = None
+    dinov2_config: dict | PreTrainedConfig | None = None
+    clip_config: dict | PreTrainedConfig | None = None
+    qformer_config: dict | PreTrainedConfig | None = None
+    tile_size: int = 512
+    image_grid: list[int] | tuple[int, int] = (2, 2)
+    use_skip_tokens: bool = True
+    image_token_id: int | None = None
+    projector_layer_norm_eps: float = 1e-5
+    tie_word_embeddings: bool = False
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.image_grid = list(self.image_grid)
+        if self.image_token_id is None:
+            # The placeholder is appended to the tokenizer, right after the LLM's own vocabulary.
+            self.image_token_id = self.text_config.vocab_size
+        if not any(self.grid_encoder_configs().values()):
+            raise ValueError("SphinxXConfig needs at least one grid encoder: set convnext_config, dinov2_config or clip_config.")
+        grids = {name: self.encoder_grid_size(name) for name, cfg in self.grid_encoder_configs().items() if cfg}
+        if any(self.token_grid_size % size for size in grids.values()) or len(
+            {size for name, size in grids.items() if name != "convnext"}
+        ) > 1:
+            raise ValueError(
+                f"The encoders' token grids {grids} cannot be fused: CLIP and DINOv2 grids must be equal and the "
+                "ConvNeXt grid must divide them. Check the encoders' image_size and patch_size."
+            )
+
+    def grid_encoder_configs(self) -> dict:
+        """Grid encoders in channel-concatenation order (CLIP | ConvNeXt | DINOv2); `None` when absent."""
+        return {"clip": self.clip_config, "convnext": self.convnext_config, "dinov2": self.dinov2_config}
+
+    def encoder_grid_size(self, name: str) -> int:
+        """Side of the token grid an encoder produces for one view."""
+        cfg = self.grid_encoder_configs()[name]
+        if name == "convnext":
+            return cfg.image_size // 32
+        return cfg.image_size // cfg.patch_size
+
+    @property
+    def token_grid_size(self) -> int:
+        """Side of the fused token grid (ConvNeXt maps are repeated up to it when smaller)."""
+        sizes = [self.encoder_grid_size(n) for n, c in self.grid_encoder_configs().items() if c is not None]
+        return max(sizes)
+
+    @property
+    def num_query_tokens(self) -> int:
+        return self.qformer_config.num_query_tokens if self.qformer_config is not None else 0
+
+    @property
+    def tokens_per_view(self) -> int:
+        """Image positions of one encoded view: start tag + Q-Former queries + global token + grid + end tag."""
+        return 1 + self.num_query_tokens + 1 + self.token_grid_size**2 + 1
+
+    @property
+    def vision_feature_size(self) -> int:
+        """Width of the fused grid features (the input of the visual projector), derived from the encoders."""
+        widths = {
+            "clip": lambda c: c.hidden_size,
+            "convnext": lambda c: c.hidden_sizes[-1],
+            "dinov2": lambda c: c.hidden_size,
+        }
+        return sum(widths[name](cfg) for name, cfg in self.grid_encoder_configs().items() if cfg is not None)
+
+    @property
+    def canvas_size(self) -> tuple[int, int]:
+        """(height, width) of the canvas in pixels."""
+        return self.image_grid[0] * self.tile_size, self.image_grid[1] * self.tile_size
+
+
+__all__ = ["SphinxXConfig"]

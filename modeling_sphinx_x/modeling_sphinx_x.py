@@ -1,0 +1,459 @@
+"""SPHINX-X: a mixture of visual experts (CLIP / ConvNeXt / DINOv2 / BLIP-2 Q-Former) feeding a Llama or Mixtral LLM.
+
+Faithful to LLaMA2-Accessory's SPHINX models (`llama_ens*`, `mixtral_sparse_ens*`) and adds the SPHINX-X skip tokens:
+canvas tiles that the image does not touch are not encoded and cost one learned embedding each.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import (
+    AutoModel,
+    Blip2QFormerModel,
+    Blip2VisionModel,
+    CLIPVisionModel,
+    ConvNextModel,
+    Dinov2Model,
+    GenerationMixin,
+    PreTrainedModel,
+    StoppingCriteria,
+    StoppingCriteriaList,
+)
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MultimodalMoeBaseModelOutputWithPast,
+    MultimodalMoeCausalLMOutputWithPast,
+)
+from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+
+from .configuration_sphinx_x import SphinxXConfig
+
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DINOV2_MEAN = (0.485, 0.456, 0.406)
+DINOV2_STD = (0.229, 0.224, 0.225)
+
+
+def resample_like_reference(images: torch.Tensor, size: tuple[int, int], mode: str = "bicubic") -> torch.Tensor:
+    """Resize as the reference vision path does: in float16, without antialiasing, then back to the input dtype.
+
+    images: `[N, 3, H, W]` -> `[N, 3, size[0], size[1]]`.
+    """
+    align_corners = None if mode == "nearest" else False
+    return F.interpolate(images.half(), size=size, mode=mode, align_corners=align_corners).to(images.dtype)
+
+
+def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size: int, view_mask: torch.Tensor):
+    """Cut the encoder views of every image out of its canvas, in the reference order `[global, tiles row-major]`.
+
+    Args:
+        canvas: `[B, 3, rows * tile_size, cols * tile_size]` normalised pixels.
+        view_size: side of the square views the encoder expects.
+        grid: `[rows, cols]`.
+        tile_size: side of a canvas tile in pixels.
+        view_mask: `[B, 1 + rows * cols]` bool, `True` for the views to encode (the global view always is).
+
+    Returns:
+        `[view_mask.sum(), 3, view_size, view_size]`, image-major.
+    """
+    rows, cols = grid
+    global_view = resample_like_reference(canvas, (view_size, view_size))[:, None]
+    if rows * cols == 1:
+        return global_view[view_mask[:, :1]]
+    # Tiles come straight from the canvas when they already have the view size; otherwise the whole canvas is
+    # resampled to the grid of views first (reference: quadrants of the 448 image for the 224 DINOv2 views).
+    tiled = canvas if tile_size == view_size else resample_like_reference(canvas, (rows * view_size, cols * view_size))
+    batch, channels = tiled.shape[:2]
+    tiles = (
+        tiled.reshape(batch, channels, rows, view_size, cols, view_size)
+        .permute(0, 2, 4, 1, 3, 5)
+        .reshape(batch, rows * cols, channels, view_size, view_size)
+    )
+    return torch.cat([global_view, tiles], dim=1)[view_mask]
+
+
+class SphinxXConvNextEncoder(nn.Module):
+    """OpenCLIP ConvNeXt trunk (timm layout) on HF `ConvNextModel`: last stage + per-position head norm + mean token."""
+
+    def __init__(self, config, token_grid_size: int):
+        super().__init__()
+        self.model = ConvNextModel(config)
+        # HF hard-codes eps 1e-6 in the ConvNeXt blocks; timm/OpenCLIP uses the config's value everywhere.
+        for module in self.model.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.eps = config.layer_norm_eps
+        self.token_grid_size = token_grid_size
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, S, S]` -> `[N, 1 + g*g, C]`: the spatial mean token, then the row-major grid."""
+        feature_map = self.model.encoder(self.model.embeddings(pixel_values)).last_hidden_state
+        # timm's `head.norm` is HF's final `layernorm`, applied here to every position, not to the pooled vector.
+        feature_map = self.model.layernorm(feature_map.permute(0, 2, 3, 1))
+        repeat = self.token_grid_size // feature_map.shape[1]
+        if repeat > 1:  # 8x8 maps of the 224-px families are repeated up to the 16x16 token grid
+            feature_map = feature_map.repeat_interleave(repeat, dim=2).repeat_interleave(repeat, dim=1)
+        tokens = feature_map.flatten(1, 2)
+        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+
+
+class SphinxXDinov2Encoder(nn.Module):
+    """DINOv2 on HF `Dinov2Model`; inputs arrive CLIP-normalised and are re-normalised to DINOv2 statistics."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.model = Dinov2Model(config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, 224, 224]` -> `[N, 257, C]` (final-norm CLS token, then patch tokens)."""
+        # x * (std_clip / std_dino) + (mean_clip - mean_dino) / std_dino, with the constants in the pixel dtype like
+        # the reference (computed per call: weights are materialised from the meta device, buffers would not be).
+        clip_mean, clip_std, dino_mean, dino_std = (
+            torch.tensor(stats, device=pixel_values.device).view(1, 3, 1, 1)
+            for stats in (CLIP_MEAN, CLIP_STD, DINOV2_MEAN, DINOV2_STD)
+        )
+        scale = (clip_std / dino_std).to(pixel_values.dtype)
+        shift = ((clip_mean - dino_mean) / dino_std).to(pixel_values.dtype)
+        return self.model(pixel_values * scale + shift).last_hidden_state
+
+
+class SphinxXClipEncoder(nn.Module):
+    """CLIP ViT on HF `CLIPVisionModel`, with `post_layernorm` applied to all tokens and no projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.model = CLIPVisionModel(config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, 224, 224]` -> `[N, 257, C]`."""
+        vision_model = self.model.vision_model
+        return vision_model.post_layernorm(vision_model(pixel_values).last_hidden_state)
+
+
+class SphinxXQFormerEncoder(nn.Module):
+    """BLIP-2 vision tower + Q-Former: the last hidden state of the learned queries, before any language projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.vision_model = Blip2VisionModel(config.vision_config)
+        self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
+        self.qformer = Blip2QFormerModel(config.qformer_config)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, 224, 224]` -> `[N, num_query_tokens, 768]`."""
+        image_embeds = self.vision_model(pixel_values).last_hidden_state
+        image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
+        queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
+        return self.qformer(
+            query_embeds=queries, encoder_hidden_states=image_embeds, encoder_attention_mask=image_attention_mask
+        ).last_hidden_state
+
+
+class SphinxXProjector(nn.Module):
+    """Linear projection to the LLM width followed by LayerNorm (the reference `visual_proj` / `qformer_proj`)."""
+
+    def __init__(self, in_features: int, out_features: int, eps: float):
+        super().__init__()
+        self.linear = nn.Linear(in_features, out_features)
+        self.norm = nn.LayerNorm(out_features, eps=eps)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.linear(features))
+
+
+class SphinxXPreTrainedModel(PreTrainedModel):
+    config: SphinxXConfig
+    config_class = SphinxXConfig
+    base_model_prefix = "model"
+    input_modalities = ("image", "text")
+    supports_gradient_checkpointing = True
+    _no_split_modules = [
+        "LlamaDecoderLayer",
+        "MixtralDecoderLayer",
+        "ConvNextStage",
+        "Dinov2Layer",
+        "CLIPEncoderLayer",
+        "Blip2EncoderLayer",
+        "Blip2QFormerLayer",
+    ]
+    _skip_keys_device_placement = "cache"
+    _supports_flash_attn = True
+    _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module):
+        super()._init_weights(module)
+        std = self.config.text_config.initializer_range
+        if isinstance(module, SphinxXModel):
+            for tag in (module.image_start, module.image_end, module.image_skip):
+                nn.init.normal_(tag, mean=0.0, std=std)
+        elif isinstance(module, SphinxXQFormerEncoder):
+            nn.init.normal_(module.query_tokens, mean=0.0, std=std)
+
+
+class SphinxXModel(SphinxXPreTrainedModel):
+    """Visual experts, projectors, image tags and the bare LLM decoder."""
+
+    def __init__(self, config: SphinxXConfig):
+        super().__init__(config)
+        grid = config.token_grid_size
+        self.clip = SphinxXClipEncoder(config.clip_config) if config.clip_config is not None else None
+        self.convnext = SphinxXConvNextEncoder(config.convnext_config, grid) if config.convnext_config else None
+        self.dinov2 = SphinxXDinov2Encoder(config.dinov2_config) if config.dinov2_config is not None else None
+        self.qformer = SphinxXQFormerEncoder(config.qformer_config) if config.qformer_config is not None else None
+
+        hidden_size = config.text_config.hidden_size
+        eps = config.projector_layer_norm_eps
+        self.visual_projector = SphinxXProjector(config.vision_feature_size, hidden_size, eps)
+        self.qformer_projector = (
+            SphinxXProjector(config.qformer_config.qformer_config.hidden_size, hidden_size, eps)
+            if config.qformer_config is not None
+            else None
+        )
+        # Learned tags around every encoded view, and the SPHINX-X embedding of a skipped (fully padded) tile.
+        self.image_start = nn.Parameter(torch.zeros(hidden_size))
+        self.image_end = nn.Parameter(torch.zeros(hidden_size))
+        self.image_skip = nn.Parameter(torch.zeros(hidden_size))
+        self.language_model = AutoModel.from_config(config.text_config)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.language_model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.language_model.set_input_embeddings(value)
+
+    def grid_encoders(self) -> list[tuple[nn.Module, int]]:
+        """(encoder, view size) of the grid encoders, in channel-concatenation order."""
+        encoders = [(self.clip, self.config.clip_config), (self.convnext, self.config.convnext_config)]
+        encoders.append((self.dinov2, self.config.dinov2_config))
+        return [(encoder, cfg.image_size) for encoder, cfg in encoders if encoder is not None]
+
+    def get_image_features(
+        self, pixel_values: torch.Tensor, image_tile_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Encode every kept view once and lay out the image positions of each image.
+
+        Args:
+            pixel_values: `[B, 3, H, W]` canvases from `SphinxXImageProcessor`.
+            image_tile_mask: `[B, rows * cols]` bool, `True` for tiles to encode. `None` encodes every tile.
+
+        Returns:
+            `pooler_output`: a list of `B` tensors `[n_i, hidden]`: per view `[start, queries, grid tokens, end]`
+            for encoded views, one skip embedding per skipped tile, in the order global view, tiles row-major.
+            `last_hidden_state`: `[n_views, tokens, hidden]`, the projected tokens of the encoded views.
+        """
+        config = self.config
+        rows, cols = config.image_grid
+        batch = pixel_values.shape[0]
+        if image_tile_mask is None:
+            image_tile_mask = torch.ones(batch, rows * cols, dtype=torch.bool, device=pixel_values.device)
+        view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
+
+        grid_features = [
+            encoder(build_views(pixel_values, view_size, config.image_grid, config.tile_size, view_mask))
+            for encoder, view_size in self.grid_encoders()
+        ]
+        view_tokens = self.visual_projector(torch.cat(grid_features, dim=-1))
+        if self.qformer is not None:
+            qformer_views = build_views(
+                pixel_values, config.qformer_config.vision_config.image_size, config.image_grid, config.tile_size, view_mask
+            )
+            view_tokens = torch.cat([self.qformer_projector(self.qformer(qformer_views)), view_tokens], dim=1)
+
+        n_views, _, hidden = view_tokens.shape
+        tags = lambda tag: tag.to(view_tokens.dtype).expand(n_views, 1, hidden)  # noqa: E731
+        framed = torch.cat([tags(self.image_start), view_tokens, tags(self.image_end)], dim=1)
+        skip = self.image_skip.to(view_tokens.dtype)[None]
+
+        per_image, next_view = [], 0
+        for keep_row in view_mask.tolist():
+            blocks = []
+            for keep in keep_row:
+                blocks.append(framed[next_view] if keep else skip)
+                next_view += keep
+            per_image.append(torch.cat(blocks, dim=0))
+        return BaseModelOutputWithPooling(last_hidden_state=view_tokens, pooler_output=per_image)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_tile_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        use_cache: bool | None = None,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> MultimodalMoeBaseModelOutputWithPast:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        if pixel_values is not None and mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
+            raise ValueError("Pass either `pixel_values` or pre-computed `mm_encoder_outputs`, not both.")
+        mm_encoder_outputs = dict(mm_encoder_outputs or {})
+        if mm_encoder_outputs.get("image") is None and pixel_values is not None and pixel_values.shape[0] > 0:
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_tile_mask)
+
+        image_mask = None
+        if input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id
+            # The placeholder id lies outside the LLM vocabulary: look up any valid row, it is overwritten below.
+            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+
+        image_outputs = mm_encoder_outputs.get("image")
+        if image_outputs is not None:
+            image_features = torch.cat(list(image_outputs.pooler_output), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            if image_mask is None:
+                raise ValueError("Images need `input_ids` with image placeholder tokens, not `inputs_embeds`.")
+            n_positions = int(image_mask.sum())
+            if n_positions != image_features.shape[0]:
+                raise ValueError(
+                    f"Image features and image tokens do not match: the text holds {n_positions} image placeholder "
+                    f"tokens but the images produce {image_features.shape[0]} positions. Build the inputs with "
+                    "SphinxXProcessor (it expands each `<image>` to the right count) and do not truncate them."
+                )
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None].expand_as(inputs_embeds), image_features)
+        elif image_mask is not None and image_mask.any():
+            raise ValueError("The text holds image placeholder tokens but no `pixel_values` were given.")
+
+        outputs = self.language_model(
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            **kwargs,
+        )
+        return MultimodalMoeBaseModelOutputWithPast(
+            last_hidden_state=outputs.last_hidden_state,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=getattr(outputs, "router_logits", None),
+            image_outputs=image_outputs,
+        )
+
+
+class StopOnTokenSequences(StoppingCriteria):
+    """Stops a sequence once it ends with one of the given token sequences (the reference stops on `"\\n###"`)."""
+
+    def __init__(self, sequences: list[list[int]]):
+        self.sequences = [torch.tensor(seq) for seq in sequences if seq]
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        for seq in self.sequences:
+            if input_ids.shape[1] >= len(seq):
+                done |= (input_ids[:, -len(seq) :] == seq.to(input_ids.device)).all(dim=1)
+        return done
+
+
+class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
+    """SPHINX-X with a language-modelling head; `generate` encodes the images once, before the prefill."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    _tp_plan = {"lm_head": "colwise_gather_output"}
+
+    def __init__(self, config: SphinxXConfig):
+        super().__init__(config)
+        self.model = SphinxXModel(config)
+        self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.model.get_input_embeddings()
+
+    def set_input_embeddings(self, value):
+        self.model.set_input_embeddings(value)
+
+    def get_output_embeddings(self):
+        return self.lm_head
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head = new_embeddings
+
+    def get_image_features(self, pixel_values, image_tile_mask=None, **kwargs) -> BaseModelOutputWithPooling:
+        return self.model.get_image_features(pixel_values, image_tile_mask)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        pixel_values: torch.FloatTensor | None = None,
+        image_tile_mask: torch.BoolTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache=None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_router_logits: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
+        **kwargs,
+    ) -> MultimodalMoeCausalLMOutputWithPast:
+        r"""
+        input_ids (`[B, L]`): token ids; image positions hold `config.image_token_id` (see `SphinxXProcessor`).
+        pixel_values (`[B_img, 3, H, W]`) and image_tile_mask (`[B_img, rows * cols]`): from the image processor.
+        labels (`[B, L]`): targets, `-100` where ignored; the loss is the usual shifted next-token loss.
+        output_router_logits: Mixtral LLMs only; adds `router_aux_loss_coef * aux_loss` to the loss.
+        """
+        text_config = self.config.text_config
+        is_moe = hasattr(text_config, "num_local_experts")
+        if is_moe:
+            kwargs["output_router_logits"] = (
+                output_router_logits if output_router_logits is not None else text_config.output_router_logits
+            )
+        outputs = self.model(
+            input_ids=input_ids,
+            pixel_values=pixel_values,
+            image_tile_mask=image_tile_mask,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            mm_encoder_outputs=mm_encoder_outputs,
+            **kwargs,
+        )
+        hidden_states = outputs.last_hidden_state
+        slice_indices = slice(-logits_to_keep, None) if isinstance(logits_to_keep, int) else logits_to_keep
+        logits = self.lm_head(hidden_states[:, slice_indices, :])
+
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
+
+        aux_loss = None
+        if is_moe and kwargs["output_router_logits"] and outputs.router_logits is not None:
+            aux_loss = load_balancing_loss_func(
+                outputs.router_logits, text_config.num_local_experts, text_config.num_experts_per_tok, attention_mask
+            )
+            if loss is not None:
+                loss = loss + text_config.router_aux_loss_coef * aux_loss.to(loss.device)
+
+        return MultimodalMoeCausalLMOutputWithPast(
+            loss=loss,
+            aux_loss=aux_loss,
+            logits=logits,
+            cache=outputs.cache,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            router_logits=outputs.router_logits,
+            image_outputs=outputs.image_outputs,
+        )
+
+    def generate(self, *args, stopping_criteria: StoppingCriteriaList | None = None, **kwargs):
+        """`GenerationMixin.generate`, also stopping at the token sequences of `generation_config.stop_token_sequences`
+        (the reference terminator `"\\n###"`), in addition to EOS."""
+        generation_config = kwargs.get("generation_config") or self.generation_config
+        sequences = getattr(generation_config, "stop_token_sequences", None)
+        stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
+        if sequences:
+            stopping_criteria.append(StopOnTokenSequences(sequences))
+        return super().generate(*args, stopping_criteria=stopping_criteria, **kwargs)
+
+
+__all__ = ["SphinxXPreTrainedModel", "SphinxXModel", "SphinxXForConditionalGeneration"]

@@ -1,0 +1,177 @@
+"""Named SphinxXConfig presets: the four SPHINX-X sizes, the released SPHINX layouts, and tiny ones for tests."""
+
+from transformers import Blip2Config, CLIPVisionConfig, ConvNextConfig, Dinov2Config, LlamaConfig, MixtralConfig
+
+from .configuration_sphinx_x import SphinxXConfig
+
+
+def convnext_xxlarge(view_size: int = 512) -> ConvNextConfig:
+    """OpenCLIP ConvNeXt-XXLarge trunk (LAION-2B), timm layout, eps 1e-5 everywhere."""
+    return ConvNextConfig(
+        depths=[3, 4, 30, 3], hidden_sizes=[384, 768, 1536, 3072], layer_norm_eps=1e-5, image_size=view_size
+    )
+
+
+def dinov2_giant() -> Dinov2Config:
+    """DINOv2 ViT-g/14 at 224 px (its positional table resampled to 16x16 by the converter)."""
+    return Dinov2Config(
+        hidden_size=1536,
+        num_hidden_layers=40,
+        num_attention_heads=24,
+        mlp_ratio=4,
+        use_swiglu_ffn=True,
+        image_size=224,
+        patch_size=14,
+        layer_norm_eps=1e-6,
+        layerscale_value=1.0,
+    )
+
+
+def clip_large() -> CLIPVisionConfig:
+    """OpenAI CLIP ViT-L/14 with exact GELU, as the reference builds it with `pretrained=None` (spec 12.9)."""
+    return CLIPVisionConfig(
+        hidden_size=1024,
+        intermediate_size=4096,
+        num_hidden_layers=24,
+        num_attention_heads=16,
+        image_size=224,
+        patch_size=14,
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+    )
+
+
+def blip2_qformer() -> Blip2Config:
+    """The BLIP-2 (Salesforce/blip2-opt-2.7b) vision tower and Q-Former bundled with LLaMA2-Accessory."""
+    return Blip2Config(
+        vision_config={
+            "hidden_size": 1408,
+            "intermediate_size": 6144,
+            "num_hidden_layers": 39,
+            "num_attention_heads": 16,
+            "image_size": 224,
+            "patch_size": 14,
+            "layer_norm_eps": 1e-6,
+            "qkv_bias": True,
+        },
+        qformer_config={
+            "hidden_size": 768,
+            "num_hidden_layers": 12,
+            "num_attention_heads": 12,
+            "intermediate_size": 3072,
+            "cross_attention_frequency": 2,
+            "encoder_hidden_size": 1408,
+            "layer_norm_eps": 1e-12,
+        },
+        num_query_tokens=32,
+    )
+
+
+def llama(hidden, intermediate, layers, heads, kv_heads, vocab=32000, theta=10000.0, max_positions=4096) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": theta},
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+def mixtral(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, experts=8, vocab=32000) -> MixtralConfig:
+    return MixtralConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        num_local_experts=experts,
+        num_experts_per_tok=2,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        sliding_window=None,
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+
+
+TINYLLAMA = dict(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4)
+LLAMA2_13B = dict(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40)
+# InternLM2-7B converted to the Llama layout (its packed `wqkv` split into q/k/v).
+INTERNLM2_7B = dict(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=92544, theta=1e6,
+                    max_positions=32768)
+
+
+def light_encoders() -> dict:
+    """The SPHINX-X mixture of visual experts: ConvNeXt-XXL + DINOv2-g."""
+    return {"convnext_config": convnext_xxlarge(), "dinov2_config": dinov2_giant()}
+
+
+def four_encoders(convnext_view: int) -> dict:
+    """The SPHINX (v1) mixture: CLIP-L + ConvNeXt-XXL + DINOv2-g + BLIP-2 Q-Former."""
+    return {
+        "clip_config": clip_large(),
+        "convnext_config": convnext_xxlarge(convnext_view),
+        "dinov2_config": dinov2_giant(),
+        "qformer_config": blip2_qformer(),
+    }
+
+
+def tiny_encoders() -> dict:
+    """Narrow, shallow encoders with the real view sizes and token grid (259 positions per view)."""
+    return {
+        "convnext_config": ConvNextConfig(
+            depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], layer_norm_eps=1e-5, image_size=512
+        ),
+        "dinov2_config": Dinov2Config(
+            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, use_swiglu_ffn=True,
+            image_size=224, patch_size=14, layer_norm_eps=1e-6, layerscale_value=1.0,
+        ),
+    }
+
+
+SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": True}
+
+PRESETS = {
+    # The SPHINX-X family: one-stage models with skip tokens.
+    "sphinx-x-tiny": lambda: {"text_config": llama(**TINYLLAMA), **light_encoders(), **SPHINX_X_CANVAS},
+    "sphinx-x-internlm2-7b": lambda: {"text_config": llama(**INTERNLM2_7B), **light_encoders(), **SPHINX_X_CANVAS},
+    "sphinx-x-llama2-13b": lambda: {"text_config": llama(**LLAMA2_13B), **light_encoders(), **SPHINX_X_CANVAS},
+    "sphinx-x-moe": lambda: {"text_config": mixtral(), **light_encoders(), **SPHINX_X_CANVAS},
+    # Released LLaMA2-Accessory checkpoints (spec section 1): reference geometry, no skip tokens.
+    "sphinx-tiny": lambda: {"text_config": llama(**TINYLLAMA), **light_encoders(), "tile_size": 512,
+                            "image_grid": [1, 1], "use_skip_tokens": False},
+    "sphinx-tiny-1k": lambda: {"text_config": llama(**TINYLLAMA), **light_encoders(), "tile_size": 512,
+                               "image_grid": [2, 2], "use_skip_tokens": False},
+    "sphinx": lambda: {"text_config": llama(**LLAMA2_13B), **four_encoders(256), "tile_size": 224,
+                       "image_grid": [1, 1], "use_skip_tokens": False},
+    "sphinx-1k": lambda: {"text_config": llama(**LLAMA2_13B), **four_encoders(256), "tile_size": 224,
+                          "image_grid": [2, 2], "use_skip_tokens": False},
+    "sphinx-moe": lambda: {"text_config": mixtral(), **four_encoders(512), "tile_size": 512, "image_grid": [1, 1],
+                           "use_skip_tokens": False},
+    "sphinx-moe-1k": lambda: {"text_config": mixtral(), **four_encoders(512), "tile_size": 512,
+                              "image_grid": [2, 2], "use_skip_tokens": False},
+    # Tiny random models for tests and benchmarks: real geometry and token counts, small widths.
+    "tiny-random": lambda: {"text_config": llama(64, 128, 2, 4, 2, vocab=512), **tiny_encoders(), **SPHINX_X_CANVAS},
+    "tiny-random-moe": lambda: {"text_config": mixtral(64, 96, 2, 4, 2, experts=4, vocab=512), **tiny_encoders(),
+                                **SPHINX_X_CANVAS},
+}
+PRESETS["sphinx-v2-1k"] = PRESETS["sphinx-1k"]
+
+
+def preset_config(name: str, **overrides) -> SphinxXConfig:
+    """A `SphinxXConfig` from a preset name; keyword arguments override its fields."""
+    if name not in PRESETS:
+        raise ValueError(f"Unknown preset {name!r}; choose one of: {', '.join(sorted(PRESETS))}.")
+    return SphinxXConfig(**{**PRESETS[name](), **overrides})

@@ -1,0 +1,100 @@
+"""SPHINX-X processor: image processor + tokenizer, placeholder expansion and the reference chat format."""
+
+import re
+
+from transformers import ProcessorMixin
+from transformers.processing_utils import MultiModalData, ProcessingKwargs
+
+
+# The reference conversation (LLaMA2-Accessory `conv_v1_2`): the image block sits right after BOS, before the system
+# prompt; turns are " Human: ..." / " Assistant: ..." each closed by "\n###"; the open assistant turn ends with
+# " Assistant:" (no trailing space). Assistant text and its terminator are wrapped in generation markers for TRL's
+# `assistant_only_loss`. Training conversations end with EOS, as the reference tokenises them.
+DEFAULT_SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+CHAT_TEMPLATE = (
+    "{%- macro text_of(message) -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] | trim -}}"
+    "{%- else -%}{{- message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ')"
+    " | trim -}}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
+    "{%- for part in message['content'] -%}{%- if part['type'] == 'image' -%}<image>{%- endif -%}{%- endfor -%}"
+    "{%- endif -%}{%- endfor -%}"
+    "{%- if messages and messages[0]['role'] == 'system' -%}{{- text_of(messages[0]) -}}"
+    "{%- else -%}{{- '" + DEFAULT_SYSTEM_PROMPT.replace("'", "\\'") + "' -}}{%- endif -%}"
+    "{{- '\\n\\n###' -}}"
+    "{%- for message in messages if message['role'] != 'system' -%}"
+    "{%- if message['role'] == 'user' -%}{{- ' Human: ' + text_of(message) + '\\n###' -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- ' Assistant: ' -}}"
+    "{%- generation -%}{{- text_of(message) + '\\n###' -}}{%- endgeneration -%}"
+    "{%- else -%}{{- raise_exception('SPHINX conversations have system, user and assistant roles only, got '"
+    " + message['role']) -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- ' Assistant:' -}}"
+    "{%- elif messages and messages[-1]['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
+)
+STOP_STRING = "\n###"
+
+
+class SphinxXProcessorKwargs(ProcessingKwargs, total=False):
+    _defaults = {"text_kwargs": {"padding": False, "padding_side": "left"}}
+
+
+class SphinxXProcessor(ProcessorMixin):
+    r"""
+    Turns images and text into SPHINX-X inputs.
+
+    Each `<image>` in the text becomes the run of placeholder tokens the model fills, its length from
+    `SphinxXImageProcessor.num_image_tokens` (kept views x tokens per view + one per skipped tile). Batches are
+    padded on the left for generation. Decoding drops the reference terminator `"\n###"` that ends an answer.
+
+    Args:
+        image_processor (`SphinxXImageProcessor`), tokenizer (`LlamaTokenizer`-style, with an `<image>` token),
+        chat_template (`str`, *optional*): defaults to the reference conversation format.
+    """
+
+    valid_processor_kwargs = SphinxXProcessorKwargs
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        self.image_token = "<image>"
+        self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
+        if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
+            raise ValueError("The tokenizer has no `<image>` token; add it with `tokenizer.add_special_tokens`.")
+        super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
+        fillers = "|".join(re.escape(token) for token in {tokenizer.pad_token, tokenizer.eos_token} if token)
+        self._trailing_stop = re.compile(re.escape(STOP_STRING) + rf"(?:\s|{fillers})*$")
+
+    def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
+        return self.image_token * self.image_processor.num_image_tokens(image_inputs["image_tile_mask"][image_idx])
+
+    def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs) -> MultiModalData:
+        """Placeholder tokens per image for `(height, width)` sizes (used by serving engines such as vLLM)."""
+        counts = [
+            self.image_processor.num_image_tokens(self.image_processor.tile_mask(width, height))
+            for height, width in image_sizes or []
+        ]
+        return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+
+    def strip_stop_string(self, text: str) -> str:
+        """Drop the reference terminator `"\\n###"` that ends a generated answer (and padding decoded after it)."""
+        return self._trailing_stop.sub("", text)
+
+    def batch_decode(self, *args, **kwargs) -> list[str]:
+        return [self.strip_stop_string(text) for text in self.tokenizer.batch_decode(*args, **kwargs)]
+
+    def decode(self, *args, **kwargs) -> str:
+        return self.strip_stop_string(self.tokenizer.decode(*args, **kwargs))
+
+    def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
+        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    @property
+    def model_input_names(self) -> list[str]:
+        return ["input_ids", "attention_mask", "pixel_values", "image_tile_mask"]
+
+
+__all__ = ["SphinxXProcessor"]
