@@ -280,7 +280,19 @@ def stop_token_sequences(tokenizer) -> list[list[int]]:
     as_segment = tokenizer.encode(STOP_STRING, add_special_tokens=False)
     prefix = tokenizer.encode("@", add_special_tokens=False)
     glued = tokenizer.encode("@" + STOP_STRING, add_special_tokens=False)[len(prefix) :]
-    return [seq for seq in {tuple(as_segment), tuple(glued)} if seq and list(seq)]
+    return [list(seq) for seq in dict.fromkeys([tuple(as_segment), tuple(glued)]) if seq]
+
+
+def generation_config(tokenizer) -> GenerationConfig:
+    """Greedy decoding that stops at EOS or at the reference terminator `"\\n###"`."""
+    return GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        max_new_tokens=512,
+        do_sample=False,
+        stop_token_sequences=stop_token_sequences(tokenizer),
+    )
 
 
 def convert_accessory(
@@ -329,8 +341,7 @@ def convert_accessory(
         raise ConversionError(f"The checkpoint lacks tensors for: {sorted(missing)[:8]}")
     model = SphinxXForConditionalGeneration(config).to(dtype)
     weights["model.image_skip"] = model.model.image_skip.detach()  # untrained: skipping is off for released models
-    result = model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
-    del result
+    model.load_state_dict({k: v.to(dtype) for k, v in weights.items()}, strict=True, assign=True)
 
     tokenizer = build_tokenizer(src)
     if tokenizer.convert_tokens_to_ids("<image>") != config.image_token_id:
@@ -342,12 +353,5 @@ def convert_accessory(
         tokens_per_view=config.tokens_per_view,
     )
     processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.generation_config = GenerationConfig(
-        bos_token_id=1,
-        eos_token_id=2,
-        pad_token_id=0,
-        max_new_tokens=512,
-        do_sample=False,
-        stop_token_sequences=stop_token_sequences(tokenizer),
-    )
+    model.generation_config = generation_config(tokenizer)
     return write_model_folder(model, processor, dst, overwrite=overwrite)

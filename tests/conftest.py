@@ -1,0 +1,47 @@
+"""Shared fixtures: the reference checkpoint made by the original code, its conversion, and a tiny random SPHINX-X."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import sphinx_x
+from sphinx_x.conversion.accessory import build_tokenizer, convert_accessory, generation_config
+from sphinx_x.presets import preset_config
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "sphinx-tiny-1k"
+
+
+@pytest.fixture(scope="session")
+def fixture_dir() -> Path:
+    return FIXTURE
+
+
+@pytest.fixture(scope="session")
+def converted_dir(tmp_path_factory) -> Path:
+    """The fixture checkpoint converted once per session (float32, reference geometry, remote code included)."""
+    return convert_accessory(FIXTURE / "checkpoint", tmp_path_factory.mktemp("converted") / "sphinx-tiny-1k-hf",
+                             dinov2_num_heads=4)
+
+
+def make_tiny_model_and_processor(preset: str = "tiny-random", seed: int = 0, **overrides):
+    """A random SPHINX-X of a tiny preset with a matching processor (the fixture's 512-piece tokenizer)."""
+    torch.manual_seed(seed)
+    config = preset_config(preset, **overrides)
+    model = sphinx_x.SphinxXForConditionalGeneration(config).eval()
+    tokenizer = build_tokenizer(FIXTURE / "checkpoint")
+    image_processor = sphinx_x.SphinxXImageProcessor(
+        tile_size=config.tile_size,
+        image_grid=config.image_grid,
+        skip_padded_tiles=config.use_skip_tokens,
+        tokens_per_view=config.tokens_per_view,
+    )
+    processor = sphinx_x.SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.generation_config = generation_config(tokenizer)
+    return model, processor
+
+
+@pytest.fixture(scope="session")
+def tiny_model_and_processor():
+    return make_tiny_model_and_processor()
