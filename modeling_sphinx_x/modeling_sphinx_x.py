@@ -246,6 +246,8 @@ class SphinxXModel(SphinxXPreTrainedModel):
         """
         config = self.config
         rows, cols = config.image_grid
+        # As the reference, the whole vision path runs in the model's dtype (bf16 canvases, fp16 resamplings).
+        pixel_values = pixel_values.to(self.visual_projector.linear.weight.dtype)
         batch = pixel_values.shape[0]
         if image_tile_mask is None:
             image_tile_mask = torch.ones(batch, rows * cols, dtype=torch.bool, device=pixel_values.device)
@@ -424,6 +426,8 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
 
         loss = None
         if labels is not None:
+            # Image positions are inputs, never targets (TRL's collator copies them into the labels).
+            labels = labels.masked_fill(labels == self.config.image_token_id, -100)
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=text_config.vocab_size, **kwargs)
 
         aux_loss = None
