@@ -17,6 +17,7 @@ def write_model_folder(model, processor, dst: Path, *, overwrite: bool = False) 
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dst.name}.", dir=dst.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         # `save_pretrained` writes `auto_map` only for the class it saves; list the base model too.
         model.config.auto_map = {"AutoModel": "modeling_sphinx_x.SphinxXModel"}

@@ -1,0 +1,138 @@
+"""The `sphinx-x` command line: chat with a model, convert checkpoints."""
+
+import argparse
+import sys
+import threading
+from pathlib import Path
+
+import torch
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DEMO_MODEL = Path(__file__).parent / "demo_model"
+
+
+class StopStringFilter:
+    """Prints streamed text as it comes, holding back what could be the start of the terminator `"\\n###"`."""
+
+    def __init__(self, stop_string: str, out=sys.stdout):
+        self.stop_string, self.out = stop_string, out
+        self.text, self.printed = "", 0
+
+    def feed(self, chunk: str) -> None:
+        self.text += chunk
+        end = self.text.find(self.stop_string)
+        if end < 0:
+            end = max(self.printed, len(self.text) - len(self.stop_string) + 1)
+        self.emit(end)
+
+    def close(self) -> None:
+        end = self.text.find(self.stop_string)
+        self.emit(len(self.text) if end < 0 else end)
+        self.out.write("\n")
+        self.out.flush()
+
+    def emit(self, end: int) -> None:
+        if end > self.printed:
+            self.out.write(self.text[self.printed : end])
+            self.out.flush()
+            self.printed = end
+
+
+def answer(model, processor, messages, max_new_tokens: int) -> str:
+    """Generate the assistant's reply to `messages`, streaming it to stdout; returns the reply."""
+    from transformers import TextIteratorStreamer
+
+    from .processors.processing_sphinx_x import STOP_STRING
+
+    inputs = processor.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+    ).to(model.device)
+    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
+    worker = threading.Thread(
+        target=model.generate, kwargs=dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)
+    )
+    worker.start()
+    printer = StopStringFilter(STOP_STRING)
+    for chunk in streamer:
+        printer.feed(chunk)
+    worker.join()
+    printer.close()
+    return processor.strip_stop_string(printer.text).strip()
+
+
+def chat(args) -> None:
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    model_path = args.model or DEMO_MODEL
+    if args.model is None and not DEMO_MODEL.is_dir():
+        raise ValueError("This install has no embedded demo model; pass --model with a converted folder or Hub id.")
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[args.dtype]).to(args.device).eval()
+    processor = AutoProcessor.from_pretrained(model_path)
+    content = [{"type": "image", "image": args.image}] if args.image else []
+    messages = []
+    questions = [args.question] if args.question else None
+    while True:
+        if questions is not None:
+            if not questions:
+                return
+            question = questions.pop()
+        else:
+            try:
+                question = input("you> ").strip()
+            except EOFError:
+                return
+            if not question:
+                continue
+        messages.append({"role": "user", "content": content + [{"type": "text", "text": question}]})
+        content = []  # the image belongs to the first turn, as in the reference
+        reply = answer(model, processor, messages, args.max_new_tokens)
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+
+
+def convert_accessory_command(args) -> None:
+    from .conversion.accessory import convert_accessory
+
+    dst = convert_accessory(
+        args.src, args.dst, dtype=DTYPES[args.dtype], dinov2_num_heads=args.dinov2_num_heads, overwrite=args.overwrite
+    )
+    print(f"Wrote {dst}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    chat_parser = commands.add_parser("chat", help="chat about an image (the embedded demo model by default)")
+    chat_parser.add_argument("question", nargs="?", help="ask one question and exit; without it, chat on stdin")
+    chat_parser.add_argument("--image", help="image path or URL for the first turn")
+    chat_parser.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
+    chat_parser.add_argument("--max-new-tokens", type=int, default=256)
+    chat_parser.add_argument("--dtype", choices=DTYPES, default="float32")
+    chat_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    chat_parser.set_defaults(run=chat)
+
+    convert = commands.add_parser("convert", help="convert checkpoints to the transformers format")
+    sources = convert.add_subparsers(dest="source", required=True)
+    accessory = sources.add_parser("accessory", help="a LLaMA2-Accessory SPHINX checkpoint folder")
+    accessory.add_argument("src", help="folder with consolidated.*.model.pth, config.json, meta.json, tokenizer.model")
+    accessory.add_argument("dst", help="output folder (written atomically)")
+    accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    accessory.add_argument("--dinov2-num-heads", type=int, help="DINOv2 heads when its width is not a multiple of 64")
+    accessory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    accessory.set_defaults(run=convert_accessory_command)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, OSError) as error:
+        print(f"sphinx-x: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
