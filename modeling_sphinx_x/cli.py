@@ -15,8 +15,8 @@ DEMO_MODEL = Path(__file__).parent / "demo_model"
 class StopStringFilter:
     """Prints streamed text as it comes, holding back what could be the start of the terminator `"\\n###"`."""
 
-    def __init__(self, stop_string: str, out=sys.stdout):
-        self.stop_string, self.out = stop_string, out
+    def __init__(self, stop_string: str, out=None):
+        self.stop_string, self.out = stop_string, out or sys.stdout
         self.text, self.printed = "", 0
 
     def feed(self, chunk: str) -> None:
