@@ -5,6 +5,29 @@ from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
 
 
+# The SPHINX-X mixture of visual experts, used when a config names no encoder: the OpenCLIP ConvNeXt-XXLarge trunk
+# (timm layout, eps 1e-5 everywhere) at 512 px and DINOv2 ViT-g/14 at 224 px.
+CONVNEXT_XXLARGE = {
+    "model_type": "convnext",
+    "depths": [3, 4, 30, 3],
+    "hidden_sizes": [384, 768, 1536, 3072],
+    "layer_norm_eps": 1e-5,
+    "image_size": 512,
+}
+DINOV2_GIANT = {
+    "model_type": "dinov2",
+    "hidden_size": 1536,
+    "num_hidden_layers": 40,
+    "num_attention_heads": 24,
+    "mlp_ratio": 4,
+    "use_swiglu_ffn": True,
+    "image_size": 224,
+    "patch_size": 14,
+    "layer_norm_eps": 1e-6,
+    "layerscale_value": 1.0,
+}
+
+
 @strict(accept_kwargs=True)
 class SphinxXConfig(PreTrainedConfig):
     r"""
@@ -21,6 +44,7 @@ class SphinxXConfig(PreTrainedConfig):
             the visual experts, each an HF config (`convnext`, `dinov2`, `clip_vision_model`, `blip-2`). Its
             `image_size` is the side of the views that encoder receives. At least one of ConvNeXt, DINOv2 or CLIP
             must be set; their grid features are concatenated along channels in the order CLIP | ConvNeXt | DINOv2.
+            When none is given, the SPHINX-X pair ConvNeXt-XXLarge + DINOv2-g is used.
         tile_size (`int`): side of one canvas tile in pixels.
         image_grid (`list[int]`): `[rows, cols]` of tiles on the canvas.
         use_skip_tokens (`bool`): SPHINX-X skip tokens. The image keeps its aspect ratio at the top-left of the canvas;
@@ -52,6 +76,8 @@ class SphinxXConfig(PreTrainedConfig):
     tie_word_embeddings: bool = False
 
     def __post_init__(self, **kwargs):
+        if not any((self.convnext_config, self.dinov2_config, self.clip_config, self.qformer_config)):
+            self.convnext_config, self.dinov2_config = dict(CONVNEXT_XXLARGE), dict(DINOV2_GIANT)
         super().__post_init__(**kwargs)
         self.image_grid = list(self.image_grid)
         if self.image_token_id is None:

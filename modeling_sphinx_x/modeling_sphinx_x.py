@@ -126,8 +126,7 @@ class SphinxXClipEncoder(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, 224, 224]` -> `[N, 257, C]`."""
-        vision_model = self.model.vision_model
-        return vision_model.post_layernorm(vision_model(pixel_values).last_hidden_state)
+        return self.model.post_layernorm(self.model(pixel_values).last_hidden_state)
 
 
 class SphinxXQFormerEncoder(nn.Module):

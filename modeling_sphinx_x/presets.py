@@ -2,29 +2,16 @@
 
 from transformers import Blip2Config, CLIPVisionConfig, ConvNextConfig, Dinov2Config, LlamaConfig, MixtralConfig
 
-from .configuration_sphinx_x import SphinxXConfig
+from .configuration_sphinx_x import CONVNEXT_XXLARGE, DINOV2_GIANT, SphinxXConfig
 
 
 def convnext_xxlarge(view_size: int = 512) -> ConvNextConfig:
-    """OpenCLIP ConvNeXt-XXLarge trunk (LAION-2B), timm layout, eps 1e-5 everywhere."""
-    return ConvNextConfig(
-        depths=[3, 4, 30, 3], hidden_sizes=[384, 768, 1536, 3072], layer_norm_eps=1e-5, image_size=view_size
-    )
+    return ConvNextConfig(**{**CONVNEXT_XXLARGE, "image_size": view_size})
 
 
 def dinov2_giant() -> Dinov2Config:
-    """DINOv2 ViT-g/14 at 224 px (its positional table resampled to 16x16 by the converter)."""
-    return Dinov2Config(
-        hidden_size=1536,
-        num_hidden_layers=40,
-        num_attention_heads=24,
-        mlp_ratio=4,
-        use_swiglu_ffn=True,
-        image_size=224,
-        patch_size=14,
-        layer_norm_eps=1e-6,
-        layerscale_value=1.0,
-    )
+    """Its positional table is resampled to the 16x16 grid of 224-px views by the converters."""
+    return Dinov2Config(**DINOV2_GIANT)
 
 
 def clip_large() -> CLIPVisionConfig:
