@@ -59,23 +59,30 @@ def load_image(image, index: int = 0) -> PIL.Image.Image:
         with open(path, "rb") as handle:
             image, what = handle.read(), f"{what} ({path})"
     if isinstance(image, (bytes, bytearray)):
-        try:
-            image = PIL.Image.open(io.BytesIO(image))
-            image.load()
-        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
-            raise ValueError(
-                f"{what} could not be decoded ({error}). The file is corrupt, truncated or not an image; "
-                "re-export it as PNG or JPEG."
-            ) from None
+        data = image
+        image = decode(lambda: PIL.Image.open(io.BytesIO(data)), what)
     elif hasattr(image, "numpy") and not isinstance(image, PIL.Image.Image):
         image = image.detach().cpu().numpy()
     if isinstance(image, np.ndarray):
         image = array_to_pil(image, what)
     if not isinstance(image, PIL.Image.Image):
         raise ValueError(f"{what} has type {type(image).__name__}; pass a PIL image, a path, bytes or an array.")
+    # A PIL image opened from a file decodes lazily: load it here so that a truncated file fails as a ValueError.
+    decode(image.load, what)
     if image.width < 1 or image.height < 1:
         raise ValueError(f"{what} is empty ({image.width}x{image.height} pixels).")
     return PIL.ImageOps.exif_transpose(image)
+
+
+def decode(read, what: str):
+    """Run a PIL opening or decoding step; corrupt, truncated or non-image data -> `ValueError`."""
+    try:
+        return read()
+    except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as error:
+        raise ValueError(
+            f"{what} could not be decoded ({error}). The file is corrupt, truncated or not an image; "
+            "re-export it as PNG or JPEG."
+        ) from None
 
 
 def array_to_pil(array: np.ndarray, what: str) -> PIL.Image.Image:
@@ -87,8 +94,10 @@ def array_to_pil(array: np.ndarray, what: str) -> PIL.Image.Image:
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)):
         raise ValueError(f"{what}: an array of shape {array.shape} is not an image (expected HxW, HxWxC or CxHxW).")
     if array.dtype != np.uint8:
-        if not np.issubdtype(array.dtype, np.floating) or array.min() < 0 or array.max() > 1:
+        if not np.issubdtype(array.dtype, np.floating):
             raise ValueError(f"{what}: arrays must be uint8 or floats in [0, 1], got {array.dtype}.")
+        if not np.all((array >= 0) & (array <= 1)):  # also rejects NaN
+            raise ValueError(f"{what}: float arrays must hold values in [0, 1] (no NaN); scale them or pass uint8.")
         array = np.round(array * 255).astype(np.uint8)
     return PIL.Image.fromarray(array)
 
@@ -101,7 +110,9 @@ def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
         image = PIL.Image.fromarray(np.clip(np.round(values * 255.0 / peak), 0, 255).astype(np.uint8))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if image.mode in ("RGBa", "La"):  # premultiplied alpha: un-premultiply first (PIL converts La only to LA)
+        image = image.convert(image.mode[:-1] + "A")
+    if image.mode in ("RGBA", "LA", "PA"):
         image = image.convert("RGBA")
         background = PIL.Image.new("RGBA", image.size, (255, 255, 255, 255))
         image = PIL.Image.alpha_composite(background, image)
