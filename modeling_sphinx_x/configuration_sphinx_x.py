@@ -1,5 +1,7 @@
 """SPHINX-X configuration: an LLM (Llama or Mixtral layout) fed by a mixture of visual experts."""
 
+from typing import Literal
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -50,6 +52,10 @@ class SphinxXConfig(PreTrainedConfig):
         use_skip_tokens (`bool`): SPHINX-X skip tokens. The image keeps its aspect ratio at the top-left of the canvas;
             tiles it does not touch are not encoded and cost one learned skip embedding. When `False` (released
             checkpoints), the image is centred on a padded canvas and every tile is encoded.
+        view_source (`str`): how encoders get their views. `"canvas"` (SPHINX-X, SPHINX-Tiny, SPHINX-MoE): each
+            encoder resamples the canvas to its view size for the global view and cuts tiles from the canvas (or from
+            the canvas resampled to `grid * view size`). `"base_views"` (the 224-px SPHINX and SPHINX-1k): views are
+            the global view and the native tiles at `tile_size`, nearest-resampled for an encoder of another size.
         image_token_id (`int`): id of the placeholder token that the processor repeats for every image position.
         projector_layer_norm_eps (`float`): epsilon of the LayerNorm that follows each projection.
     """
@@ -71,6 +77,7 @@ class SphinxXConfig(PreTrainedConfig):
     tile_size: int = 512
     image_grid: list[int] | tuple[int, int] = (2, 2)
     use_skip_tokens: bool = True
+    view_source: Literal["canvas", "base_views"] = "canvas"
     image_token_id: int | None = None
     projector_layer_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
@@ -129,6 +136,12 @@ class SphinxXConfig(PreTrainedConfig):
             "dinov2": lambda c: c.hidden_size,
         }
         return sum(widths[name](cfg) for name, cfg in self.grid_encoder_configs().items() if cfg is not None)
+
+    @property
+    def num_tiles(self) -> int:
+        """Tile views besides the global view: none for a single-tile canvas (the global view is that tile)."""
+        rows, cols = self.image_grid
+        return rows * cols if rows * cols > 1 else 0
 
     @property
     def canvas_size(self) -> tuple[int, int]:

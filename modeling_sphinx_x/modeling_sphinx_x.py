@@ -52,7 +52,8 @@ def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size
         view_size: side of the square views the encoder expects.
         grid: `[rows, cols]`.
         tile_size: side of a canvas tile in pixels.
-        view_mask: `[B, 1 + rows * cols]` bool, `True` for the views to encode (the global view always is).
+        view_mask: `[B, 1 + num_tiles]` bool, `True` for the views to encode (the global view always is); a 1x1
+            grid has no tile views.
 
     Returns:
         `[view_mask.sum(), 3, view_size, view_size]`, image-major.
@@ -229,6 +230,21 @@ class SphinxXModel(SphinxXPreTrainedModel):
         encoders.append((self.dinov2, self.config.dinov2_config))
         return [(encoder, cfg.image_size) for encoder, cfg in encoders if encoder is not None]
 
+    def encoder_views(self, pixel_values: torch.Tensor, view_size: int, view_mask: torch.Tensor) -> torch.Tensor:
+        """The `[n_kept_views, 3, view_size, view_size]` views one encoder receives (see `SphinxXConfig.view_source`)."""
+        config = self.config
+        if config.view_source == "canvas":
+            return build_views(pixel_values, view_size, config.image_grid, config.tile_size, view_mask)
+        # "base_views" (SPHINX, SPHINX-1k): the global view and the native tiles at tile size (a single-view canvas
+        # is used as it is), nearest-resampled for encoders that take another size (ConvNeXt at 256).
+        if config.image_grid == [1, 1]:
+            base_views = pixel_values[view_mask[:, 0]]
+        else:
+            base_views = build_views(pixel_values, config.tile_size, config.image_grid, config.tile_size, view_mask)
+        if view_size == config.tile_size:
+            return base_views
+        return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
+
     def get_image_features(
         self, pixel_values: torch.Tensor, image_tile_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
@@ -236,7 +252,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
 
         Args:
             pixel_values: `[B, 3, H, W]` canvases from `SphinxXImageProcessor`.
-            image_tile_mask: `[B, rows * cols]` bool, `True` for tiles to encode. `None` encodes every tile.
+            image_tile_mask: `[B, num_tiles]` bool, `True` for tiles to encode. `None` encodes every tile.
 
         Returns:
             `pooler_output`: a list of `B` tensors `[n_i, hidden]`: per view `[start, queries, grid tokens, end]`
@@ -244,23 +260,19 @@ class SphinxXModel(SphinxXPreTrainedModel):
             `last_hidden_state`: `[n_views, tokens, hidden]`, the projected tokens of the encoded views.
         """
         config = self.config
-        rows, cols = config.image_grid
         # As the reference, the whole vision path runs in the model's dtype (bf16 canvases, fp16 resamplings).
         pixel_values = pixel_values.to(self.visual_projector.linear.weight.dtype)
         batch = pixel_values.shape[0]
         if image_tile_mask is None:
-            image_tile_mask = torch.ones(batch, rows * cols, dtype=torch.bool, device=pixel_values.device)
+            image_tile_mask = torch.ones(batch, config.num_tiles, dtype=torch.bool, device=pixel_values.device)
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
         grid_features = [
-            encoder(build_views(pixel_values, view_size, config.image_grid, config.tile_size, view_mask))
-            for encoder, view_size in self.grid_encoders()
+            encoder(self.encoder_views(pixel_values, view_size, view_mask)) for encoder, view_size in self.grid_encoders()
         ]
         view_tokens = self.visual_projector(torch.cat(grid_features, dim=-1))
         if self.qformer is not None:
-            qformer_views = build_views(
-                pixel_values, config.qformer_config.vision_config.image_size, config.image_grid, config.tile_size, view_mask
-            )
+            qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             view_tokens = torch.cat([self.qformer_projector(self.qformer(qformer_views)), view_tokens], dim=1)
 
         n_views, _, hidden = view_tokens.shape
@@ -397,7 +409,7 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
     ) -> MultimodalMoeCausalLMOutputWithPast:
         r"""
         input_ids (`[B, L]`): token ids; image positions hold `config.image_token_id` (see `SphinxXProcessor`).
-        pixel_values (`[B_img, 3, H, W]`) and image_tile_mask (`[B_img, rows * cols]`): from the image processor.
+        pixel_values (`[B_img, 3, H, W]`) and image_tile_mask (`[B_img, num_tiles]`): from the image processor.
         labels (`[B, L]`): targets, `-100` where ignored; the loss is the usual shifted next-token loss.
         output_router_logits: Mixtral LLMs only; adds `router_aux_loss_coef * aux_loss` to the loss.
         """

@@ -135,7 +135,7 @@ class SphinxXImageProcessor(BaseImageProcessor):
         tokens_per_view (`int`): image positions of one encoded view (`SphinxXConfig.tokens_per_view`).
 
     Outputs `pixel_values` `[N, 3, rows * tile_size, cols * tile_size]` float32 and `image_tile_mask`
-    `[N, rows * cols]` bool (`True` = encode the tile).
+    `[N, num_tiles]` bool (`True` = encode the tile; a 1x1 grid has no tiles besides the global view).
     """
 
     model_input_names = ["pixel_values", "image_tile_mask"]
@@ -163,6 +163,12 @@ class SphinxXImageProcessor(BaseImageProcessor):
         """(height, width) of the canvas."""
         return self.image_grid[0] * self.tile_size, self.image_grid[1] * self.tile_size
 
+    @property
+    def num_tiles(self) -> int:
+        """Tile views besides the global view: none for a single-tile canvas (the global view is that tile)."""
+        rows, cols = self.image_grid
+        return rows * cols if rows * cols > 1 else 0
+
     def fetch_images(self, images):
         if isinstance(images, (list, tuple)):
             return [self.fetch_images(image) for image in images]
@@ -173,9 +179,9 @@ class SphinxXImageProcessor(BaseImageProcessor):
         return image_token_count(tile_mask, self.tokens_per_view)
 
     def tile_mask(self, width: int, height: int) -> np.ndarray:
-        """`[rows * cols]` bool for an image of this size: all `True` unless `skip_padded_tiles`."""
-        if not self.skip_padded_tiles:
-            return np.ones(self.image_grid[0] * self.image_grid[1], dtype=bool)
+        """`[num_tiles]` bool for an image of this size: all `True` unless `skip_padded_tiles`."""
+        if not self.skip_padded_tiles or not self.num_tiles:
+            return np.ones(self.num_tiles, dtype=bool)
         return tile_content_mask(width, height, self.image_grid, self.tile_size)
 
     def to_canvas(self, image: PIL.Image.Image) -> PIL.Image.Image:
@@ -212,10 +218,9 @@ class SphinxXImageProcessor(BaseImageProcessor):
             image = to_rgb(load_image(image, index))
             tile_masks.append(self.tile_mask(image.width, image.height))
             pixel_values.append(self.normalize_canvas(self.to_canvas(image)))
-        rows_cols = self.image_grid[0] * self.image_grid[1]
         data = {
             "pixel_values": np.stack(pixel_values) if flat else np.zeros((0, 3, *self.canvas_size), np.float32),
-            "image_tile_mask": np.stack(tile_masks) if flat else np.zeros((0, rows_cols), bool),
+            "image_tile_mask": np.stack(tile_masks) if flat else np.zeros((0, self.num_tiles), bool),
         }
         return BatchFeature(data=data, tensor_type=return_tensors)
 
