@@ -6,6 +6,7 @@ FOLDERS = {
     "sphinx_x.processors": "processors",
     "sphinx_x.conversion": "conversion",
     "sphinx_x.training": "training",
+    "sphinx_x.model_cards": "model_cards",
 }
 
 setup(
@@ -18,7 +19,7 @@ setup(
     python_requires=">=3.11",
     packages=list(FOLDERS),
     package_dir=FOLDERS,
-    package_data={"sphinx_x": ["demo_model/*"]},
+    package_data={"sphinx_x": ["demo_model/*"], "sphinx_x.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.4",
         "transformers==5.24.*",
