@@ -1,0 +1,340 @@
+"""Assemble an untrained SPHINX-X from public checkpoints of its parts, ready for one-stage training.
+
+The parts come in the formats their authors publish:
+
+* the LLM: an HF folder (`config.json`, safetensors or `.bin` weights, tokenizer) of TinyLlama / LLaMA-2 (`llama`) or
+  Mixtral (`mixtral`), or InternLM2 in its own format (`model_type: internlm2`, remote code), converted to Llama;
+* ConvNeXt-XXLarge: the LAION-2B CLIP model as open_clip publishes it (`open_clip_model.safetensors` or
+  `open_clip_pytorch_model.bin` holding the whole CLIP; only `visual.trunk.*` is kept), or the timm trunk
+  (`model.safetensors` with `stem.*`, `stages.*`, `head.norm.*` at top level);
+* DINOv2: an HF `Dinov2Model` folder (`facebook/dinov2-giant`).
+
+The preset gives the LLM family, the canvas and the encoder view sizes; every size comes from the parts. The
+projector, the image tags and the skip embedding are new (initialised as the model initialises them) and skip tokens
+are on. The folder is written atomically, with the processor, chat template, generation config and remote code.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from transformers import AutoConfig, ConvNextConfig, Dinov2Config, Dinov2Model, LlamaTokenizer, PreTrainedConfig
+
+from sphinx_x import SphinxXForConditionalGeneration, SphinxXImageProcessor, SphinxXProcessor
+from sphinx_x.presets import preset_config
+
+from .accessory import convert_convnext, dinov2_position_table, generation_config
+from .common import ConversionError, write_model_folder
+from .internlm2 import internlm2_to_llama
+
+
+# The format of the LLM folder each SPHINX-X preset is assembled from (the preset's text config gives the family the
+# weights end up in: InternLM2 becomes Llama).
+LLM_FORMATS = {
+    "sphinx-x-tiny": "llama",
+    "sphinx-x-internlm2-7b": "internlm2",
+    "sphinx-x-llama2-13b": "llama",
+    "sphinx-x-moe": "mixtral",
+}
+# Parameters no part provides: initialised by the model, trained by one-stage training.
+NEW_PARAMETERS = {
+    "model.visual_projector.linear.weight",
+    "model.visual_projector.linear.bias",
+    "model.visual_projector.norm.weight",
+    "model.visual_projector.norm.bias",
+    "model.image_start",
+    "model.image_end",
+    "model.image_skip",
+}
+# Weight files of an HF folder, in order of preference: (sharded index, single file).
+HF_WEIGHTS = (
+    ("model.safetensors.index.json", "model.safetensors"),
+    ("pytorch_model.bin.index.json", "pytorch_model.bin"),
+)
+# ConvNeXt checkpoint names, in order of preference: open_clip's whole CLIP, then timm's trunk.
+CONVNEXT_CHECKPOINTS = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+OPEN_CLIP_TRUNK = "visual.trunk."
+# The timm trunk SPHINX uses: stem, stages and the head's LayerNorm (`head.fc`, the CLIP projection, is not used).
+TRUNK_PARTS = ("stem.", "stages.", "head.norm.")
+
+
+def read_json(path: Path, what: str) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConversionError(f"{path.name} is missing from {path.parent}; the {what} folder needs one.") from None
+    except json.JSONDecodeError as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}).") from None
+
+
+def weight_files(folder: Path, what: str) -> list[Path]:
+    """The weight files of an HF-format folder: safetensors (single or sharded) when present, else PyTorch `.bin`."""
+    for index_name, single_name in HF_WEIGHTS:
+        if (folder / index_name).is_file():
+            weight_map = read_json(folder / index_name, what).get("weight_map")
+            if not isinstance(weight_map, dict):
+                raise ConversionError(f"{folder / index_name} has no weight_map.")
+            shards = sorted({folder / name for name in weight_map.values()})
+            missing = [shard.name for shard in shards if not shard.is_file()]
+            if missing:
+                raise ConversionError(f"{folder / index_name} lists shards that are missing: {missing[:4]}.")
+            return shards
+        if (folder / single_name).is_file():
+            return [folder / single_name]
+    raise ConversionError(
+        f"No {what} weights in {folder}: expected model.safetensors, pytorch_model.bin or a sharded index of either."
+    )
+
+
+def load_bin(path: Path) -> dict[str, torch.Tensor]:
+    """A PyTorch checkpoint, memory-mapped (tensors are read when used) and unpickled safely."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as error:  # torch raises several types for truncated zips and refused pickles
+        raise ConversionError(f"Cannot read {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path} does not hold a state dict.")
+    return state
+
+
+def read_tensors(path: Path, wanted: Callable[[str], bool]) -> dict[str, torch.Tensor]:
+    """The tensors of one checkpoint file whose names pass `wanted`; safetensors are read tensor by tensor."""
+    if path.suffix != ".safetensors":
+        return {key: tensor for key, tensor in load_bin(path).items() if wanted(key)}
+    try:
+        with safe_open(path, framework="pt") as file:
+            return {key: file.get_tensor(key) for key in file.keys() if wanted(key)}
+    except (SafetensorError, OSError) as error:
+        raise ConversionError(f"Cannot read {path}: {error}") from None
+
+
+def llm_config_json(folder: Path, preset: str) -> dict:
+    """The LLM's `config.json`, checked against the format the preset is assembled from."""
+    config = read_json(folder / "config.json", "LLM")
+    found, expected = config.get("model_type"), LLM_FORMATS[preset]
+    if found != expected:
+        fitting = [name for name, model_type in LLM_FORMATS.items() if model_type == found]
+        hint = f"; for this LLM use --preset {' or '.join(fitting)}" if fitting else ""
+        raise ConversionError(
+            f"--preset {preset} is assembled from a {expected} LLM, but {folder} holds model_type {found!r}{hint}."
+        )
+    return config
+
+
+def load_llm(folder: Path, config_json: dict) -> tuple[PreTrainedConfig, dict[str, torch.Tensor]]:
+    """The LLM's text config and weights under SPHINX-X names (`model.language_model.*`, `lm_head.weight`).
+
+    Weights keep the layout of the files (transformers converts e.g. Mixtral's per-expert tensors when loading).
+    """
+    state = {}
+    for path in weight_files(folder, "LLM"):
+        # Older checkpoints saved RoPE's `inv_freq` buffers; transformers recomputes them from the config.
+        state.update(read_tensors(path, lambda key: not key.endswith("rotary_emb.inv_freq")))
+    if config_json["model_type"] == "internlm2":
+        state, text_config = internlm2_to_llama(state, config_json)
+    else:
+        text_config = AutoConfig.from_pretrained(folder)
+
+    weights, unknown = {}, []
+    for key, tensor in state.items():
+        if key == "lm_head.weight":
+            weights[key] = tensor
+        elif key.startswith("model."):
+            weights["model.language_model." + key.removeprefix("model.")] = tensor
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ConversionError(f"Unexpected tensors in the LLM checkpoint {folder}: {sorted(unknown)[:8]}")
+    embeddings = weights.get("model.language_model.embed_tokens.weight")
+    if embeddings is None or embeddings.shape[0] != text_config.vocab_size:
+        rows = None if embeddings is None else embeddings.shape[0]
+        raise ConversionError(
+            f"{folder}: config.json says vocab_size {text_config.vocab_size} but the token embedding has {rows} rows."
+        )
+    return text_config, weights
+
+
+def load_tokenizer(folder: Path, vocab_size: int) -> LlamaTokenizer:
+    """The LLM's SentencePiece tokenizer with the `<image>` placeholder appended.
+
+    `LlamaTokenizer` reads `tokenizer.model` (or `tokenizer.json`) whatever tokenizer class the folder names, which is
+    how InternLM2's own tokenizer is loaded without its remote code. `legacy=True` keeps SentencePiece's dummy prefix
+    after the image placeholders, so the text splits exactly as in the released SPHINX models.
+    """
+    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+        raise ConversionError(f"{folder} has no tokenizer.model or tokenizer.json.")
+    tokenizer = LlamaTokenizer.from_pretrained(str(folder), legacy=True, add_bos_token=True, add_eos_token=False)
+    if len(tokenizer) > vocab_size:
+        raise ConversionError(
+            f"The tokenizer in {folder} has {len(tokenizer)} tokens but the LLM embeds only {vocab_size}: "
+            "ids past the embedding table would fail."
+        )
+    # The placeholder gets the next id: the text vocabulary size, or one of the spare rows of a padded table.
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.pad_token = tokenizer.unk_token  # the reference pads with id 0
+    tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
+    return tokenizer
+
+
+def convnext_checkpoint(path: Path) -> Path:
+    """The ConvNeXt checkpoint file: `path` itself, or the first published file name found in the folder `path`."""
+    if path.is_file():
+        return path
+    for name in CONVNEXT_CHECKPOINTS:
+        if (path / name).is_file():
+            return path / name
+    raise ConversionError(f"No ConvNeXt checkpoint in {path}: expected one of {', '.join(CONVNEXT_CHECKPOINTS)}.")
+
+
+def is_trunk_key(key: str) -> bool:
+    return key.removeprefix(OPEN_CLIP_TRUNK).startswith(TRUNK_PARTS)
+
+
+def load_convnext_trunk(path: Path) -> dict[str, torch.Tensor]:
+    """The timm ConvNeXt trunk (`stem.*`, `stages.*`, `head.norm.*`) of an open_clip CLIP or a timm checkpoint."""
+    path = convnext_checkpoint(path)
+    trunk = {key.removeprefix(OPEN_CLIP_TRUNK): tensor for key, tensor in read_tensors(path, is_trunk_key).items()}
+    if "stem.0.weight" not in trunk:
+        raise ConversionError(
+            f"{path} holds no ConvNeXt trunk: expected open_clip `visual.trunk.*` keys or timm `stem.*` / `stages.*` "
+            "keys at top level."
+        )
+    return trunk
+
+
+def convnext_trunk_config(trunk: dict[str, torch.Tensor], view_size: int) -> ConvNextConfig:
+    """ConvNeXt depths and widths read from the trunk's tensors; LayerNorm eps 1e-5 everywhere as in timm/OpenCLIP."""
+    stages = sorted({int(key.split(".")[1]) for key in trunk if key.startswith("stages.")})
+    depths = [
+        len({key.split(".")[3] for key in trunk if key.startswith(f"stages.{stage}.blocks.")}) for stage in stages
+    ]
+    widths = [trunk[f"stages.{stage}.blocks.0.conv_dw.weight"].shape[0] for stage in stages]
+    return ConvNextConfig(
+        num_stages=len(stages),
+        depths=depths,
+        hidden_sizes=widths,
+        patch_size=trunk["stem.0.weight"].shape[-1],
+        layer_norm_eps=1e-5,
+        hidden_act="gelu",
+        drop_path_rate=0.0,
+        image_size=view_size,
+    )
+
+
+def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
+    """DINOv2's config and weights (`Dinov2Model` names) for `view_size`-px views.
+
+    The positional table is resampled from its native grid (37x37 for 518 px) to the view's grid the way the
+    reference does (`dinov2_position_table`), so transformers uses it as it is instead of interpolating its own way.
+    """
+    model_type = read_json(folder / "config.json", "DINOv2").get("model_type")
+    if model_type != "dinov2":
+        raise ConversionError(f"{folder} holds model_type {model_type!r}, not an HF Dinov2Model (dinov2).")
+    weight_files(folder, "DINOv2")
+    model, info = Dinov2Model.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    if info["missing_keys"]:
+        missing = sorted(info["missing_keys"])[:8]
+        raise ConversionError(f"The DINOv2 checkpoint in {folder} lacks tensors for: {missing}")
+    config = model.config
+    state = model.state_dict()
+    state["embeddings.position_embeddings"] = dinov2_position_table(
+        state["embeddings.position_embeddings"], view_size // config.patch_size
+    )
+    config.image_size = view_size
+    return config, state
+
+
+def assemble(
+    preset: str,
+    llm: str | Path,
+    convnext: str | Path,
+    dinov2: str | Path,
+    dst: str | Path,
+    *,
+    dtype: torch.dtype = torch.bfloat16,
+    overwrite: bool = False,
+) -> Path:
+    """Build an untrained SPHINX-X from its parts and write it, with its processor, as a transformers folder.
+
+    Args:
+        preset: one of `LLM_FORMATS` (`sphinx-x-tiny`, `sphinx-x-internlm2-7b`, `sphinx-x-llama2-13b`, `sphinx-x-moe`):
+            the LLM family, canvas (2x2 tiles of 512 px), encoder view sizes and skip tokens.
+        llm: folder of the LLM (HF Llama / Mixtral, or InternLM2 in its own format), tokenizer included.
+        convnext: open_clip CLIP ConvNeXt folder or file, or a timm ConvNeXt trunk checkpoint.
+        dinov2: HF Dinov2Model folder.
+        dst: output folder, written atomically; an existing one is replaced only with `overwrite`.
+        dtype: dtype of the written weights.
+
+    Returns:
+        `dst`.
+    """
+    if preset not in LLM_FORMATS:
+        raise ConversionError(f"Unknown SPHINX-X preset {preset!r}; choose one of: {', '.join(LLM_FORMATS)}.")
+    llm, convnext, dinov2, dst = Path(llm), Path(convnext), Path(dinov2), Path(dst)
+    for folder, what in ((llm, "LLM"), (dinov2, "DINOv2")):
+        if not folder.is_dir():
+            raise ConversionError(f"The {what} path {folder} is not a folder.")
+    if not convnext.exists():
+        raise ConversionError(f"The ConvNeXt path {convnext} does not exist.")
+    if dst.exists() and not overwrite:
+        raise ConversionError(f"{dst} already exists; pass --overwrite to replace it.")
+
+    template = preset_config(preset)
+    # The cheap checks first: LLM family and tokenizer, then the encoders, then the (largest) LLM weights.
+    llm_json = llm_config_json(llm, preset)
+    vocab_size = llm_json.get("vocab_size")
+    if not isinstance(vocab_size, int):
+        raise ConversionError(f"{llm / 'config.json'} has no vocab_size.")
+    tokenizer = load_tokenizer(llm, vocab_size)
+    trunk = load_convnext_trunk(convnext)
+    convnext_config = convnext_trunk_config(trunk, template.convnext_config.image_size)
+    dinov2_config, dinov2_state = load_dinov2(dinov2, template.dinov2_config.image_size)
+    text_config, weights = load_llm(llm, llm_json)
+
+    # The reference pads with the tokenizer's pad id (0); the embedding's `padding_idx` follows `pad_token_id`.
+    text_config.pad_token_id = tokenizer.pad_token_id
+    for part_config in (text_config, dinov2_config):
+        part_config.name_or_path = ""  # local source paths do not belong in a published config
+    config = preset_config(
+        preset,
+        text_config=text_config,
+        convnext_config=convnext_config,
+        dinov2_config=dinov2_config,
+        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+    )
+    weights.update(convert_convnext(trunk, prefix=""))
+    weights.update({f"model.dinov2.model.{key}": tensor for key, tensor in dinov2_state.items()})
+    try:
+        # transformers places the tensors (converting file layouts to its own) and initialises the new parameters; its
+        # load report lists those as MISSING, as expected.
+        model, info = SphinxXForConditionalGeneration.from_pretrained(
+            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+        )
+    except RuntimeError as error:  # shape mismatches: a part's config.json disagrees with its tensors
+        raise ConversionError(f"The parts do not fit together: {error}") from None
+    missing = set(info["missing_keys"]) - NEW_PARAMETERS
+    if missing or info["unexpected_keys"]:
+        raise ConversionError(
+            f"The parts do not fill the model: missing {sorted(missing)[:8]}, unexpected "
+            f"{sorted(info['unexpected_keys'])[:8]}."
+        )
+
+    image_processor = SphinxXImageProcessor(
+        tile_size=config.tile_size,
+        image_grid=config.image_grid,
+        skip_padded_tiles=config.use_skip_tokens,
+        tokens_per_view=config.tokens_per_view,
+    )
+    processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
+    model.generation_config = generation_config(tokenizer)
+    return write_model_folder(model, processor, dst, overwrite=overwrite)
+
+
+__all__ = ["assemble", "load_convnext_trunk", "load_dinov2", "load_llm", "load_tokenizer"]
