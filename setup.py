@@ -17,9 +17,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=list(FOLDERS),
+    packages=[*FOLDERS, "sphinx_x.training.synthetic"],
     package_dir=FOLDERS,
-    package_data={"sphinx_x": ["demo_model/*"], "sphinx_x.model_cards": ["*.md"]},
+    package_data={"sphinx_x": ["demo_model/*"], "sphinx_x.model_cards": ["*.md"],
+                  "sphinx_x.training.synthetic": ["fonts/*"]},
     install_requires=[
         "torch>=2.4",
         "transformers==5.24.*",
