@@ -265,6 +265,12 @@ class SphinxXModel(SphinxXPreTrainedModel):
         batch = pixel_values.shape[0]
         if image_tile_mask is None:
             image_tile_mask = torch.ones(batch, config.num_tiles, dtype=torch.bool, device=pixel_values.device)
+        elif not config.use_skip_tokens and not image_tile_mask.all():
+            raise ValueError(
+                "This model has skip tokens off (its skip embedding is untrained) but `image_tile_mask` skips tiles. "
+                "Process images with `SphinxXImageProcessor(skip_padded_tiles=False)`, as the model's saved processor "
+                "does, or enable `use_skip_tokens` and train the skip embedding."
+            )
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
         grid_features = [
