@@ -99,3 +99,32 @@ def test_stream_filter_never_prints_the_terminator(chunks):
     printer.close()
     expected = "".join(chunks).split("\n###")[0]
     assert out.getvalue() == expected + "\n"
+
+
+def test_convert_assemble_from_parts(tmp_path, capsys):
+    import parts_factory
+
+    parts_factory.write_llama(tmp_path / "llm")
+    convnext = parts_factory.write_open_clip_convnext(tmp_path / "convnext", parts_factory.convnext_trunk(),
+                                                      safetensors=True)
+    parts_factory.write_dinov2(tmp_path / "dinov2")
+    dst = tmp_path / "assembled"
+    argv = ["convert", "assemble", "--preset", "sphinx-x-tiny", "--llm", str(tmp_path / "llm"), "--convnext",
+            str(convnext), "--dinov2", str(tmp_path / "dinov2"), str(dst), "--dtype", "float32"]
+    assert main(argv) == 0
+    config = json.loads((dst / "config.json").read_text())
+    assert config["use_skip_tokens"] is True and config["text_config"]["model_type"] == "llama"
+    assert main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    wrong_family = ["convert", "assemble", "--preset", "sphinx-x-moe", *argv[4:-3], str(tmp_path / "moe")]
+    assert main(wrong_family) == 2
+    assert "sphinx-x-moe" in capsys.readouterr().err and not (tmp_path / "moe").exists()
+
+
+def test_publish_dry_run_makes_no_network_call(converted_dir, capsys, monkeypatch):
+    import sphinx_x.conversion.publish as publish_module
+
+    monkeypatch.setattr(publish_module, "HfApi", None)  # any use of the Hub client would fail
+    assert main(["publish", str(converted_dir), "--repo-id", "org/sphinx-tiny-1k", "--dry-run"]) == 0
+    printed = capsys.readouterr().out
+    assert "model.safetensors" in printed and "README.md" in printed and "nothing was uploaded" in printed
+    assert main(["publish", str(converted_dir), "--repo-id", "not a repo id", "--dry-run"]) == 2
