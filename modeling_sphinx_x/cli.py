@@ -94,7 +94,17 @@ def convert_accessory_command(args) -> None:
     from .conversion.accessory import convert_accessory
 
     dst = convert_accessory(
-        args.src, args.dst, dtype=DTYPES[args.dtype], dinov2_num_heads=args.dinov2_num_heads, overwrite=args.overwrite
+        args.src,
+        args.dst,
+        dtype=DTYPES[args.dtype],
+        dinov2_num_heads=args.dinov2_num_heads,
+        clip_activation=args.clip_activation,
+        clip_num_heads=args.clip_num_heads,
+        qformer_num_heads=args.qformer_num_heads,
+        qformer_vision_num_heads=args.qformer_vision_num_heads,
+        max_shard_size=args.max_shard_size,
+        verify=args.verify,
+        overwrite=args.overwrite,
     )
     print(f"Wrote {dst}")
 
@@ -134,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
     accessory.add_argument("dst", help="output folder (written atomically)")
     accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     accessory.add_argument("--dinov2-num-heads", type=int, help="DINOv2 heads when its width is not a multiple of 64")
+    accessory.add_argument("--clip-activation", choices=["gelu", "quick_gelu"],
+                           help="CLIP activation (default: gelu, or quick_gelu when config.json sets "
+                                "load_pretrained_visual_encoder)")
+    accessory.add_argument("--clip-num-heads", type=int, help="CLIP heads when its width is not a multiple of 64")
+    accessory.add_argument("--qformer-num-heads", type=int, help="Q-Former heads when its width is not a multiple of 64")
+    accessory.add_argument("--qformer-vision-num-heads", type=int, help="BLIP-2 vision heads when it is not 1408 wide")
+    accessory.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB")
+    accessory.add_argument("--verify", action="store_true",
+                           help="reload the result and run a forward pass and a short generate before finishing")
     accessory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     accessory.set_defaults(run=convert_accessory_command)
 

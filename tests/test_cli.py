@@ -128,3 +128,12 @@ def test_publish_dry_run_makes_no_network_call(converted_dir, capsys, monkeypatc
     printed = capsys.readouterr().out
     assert "model.safetensors" in printed and "README.md" in printed and "nothing was uploaded" in printed
     assert main(["publish", str(converted_dir), "--repo-id", "not a repo id", "--dry-run"]) == 2
+
+
+def test_convert_accessory_verify_and_sharding_flags(fixture_dir, tmp_path):
+    dst = tmp_path / "verified"
+    argv = ["convert", "accessory", str(fixture_dir / "checkpoint"), str(dst), "--dtype", "float32",
+            "--dinov2-num-heads", "4", "--verify", "--max-shard-size", "500KB"]
+    assert main(argv) == 0
+    index = json.loads((dst / "model.safetensors.index.json").read_text())
+    assert len(set(index["weight_map"].values())) > 1
