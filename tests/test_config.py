@@ -12,7 +12,7 @@ from transformers import (
 )
 
 import sphinx_x
-from sphinx_x.presets import PRESETS, preset_config
+from sphinx_x.presets import preset_config
 
 
 EXPECTED = {

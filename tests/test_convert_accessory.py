@@ -3,11 +3,8 @@ sizes 1 and 2: merged tensors, image positions, Mixtral experts, reproducibility
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -16,10 +13,16 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
+from accessory_factory import (
+    LAYOUTS,
+    RELEASED_SIZES,
+    Sizes,
+    model_args,
+    state_shapes,
+    write_checkpoint,
+)
+from remote_code import run_without_sphinx_x
 from safetensors import safe_open
-from transformers import AutoModelForImageTextToText, AutoProcessor
-
-from accessory_factory import LAYOUTS, RELEASED_SIZES, Sizes, model_args, state_shapes, write_checkpoint
 from sphinx_x import SphinxXForConditionalGeneration
 from sphinx_x.conversion.accessory import (
     RELEASED_LAYOUTS,
@@ -33,7 +36,7 @@ from sphinx_x.conversion.accessory import (
 )
 from sphinx_x.conversion.shards import AccessoryShards
 from sphinx_x.presets import preset_config
-
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 SIZES = Sizes()
 # The tiny BLIP-2 vision tower is narrower than the bundled one, so its head count is given (real ones need none).
@@ -250,15 +253,8 @@ def test_moe_layer_equals_the_reference_computation(checkpoints):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
     import torch
 
-    class BlockSphinx(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "sphinx_x" or name.startswith("sphinx_x."):
-                raise ImportError("sphinx_x is not installed in this process")
-
-    sys.meta_path.insert(0, BlockSphinx())
     from transformers import AutoModel, AutoModelForImageTextToText
 
     folder, inputs_path, out_path = sys.argv[1:]
@@ -277,12 +273,7 @@ def test_moe_folder_loads_as_remote_code_in_a_clean_process(checkpoints, tmp_pat
     model = AutoModelForImageTextToText.from_pretrained(folder).eval()
     inputs = dict(chat_inputs(AutoProcessor.from_pretrained(folder)))
     torch.save(inputs, tmp_path / "inputs.pt")
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(folder), str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_without_sphinx_x(REMOTE_SCRIPT, folder, tmp_path / "inputs.pt", tmp_path / "out.pt", cwd=tmp_path)
     remote = torch.load(tmp_path / "out.pt", weights_only=True)
     assert remote["module"].startswith("transformers_modules") and remote["base"] == "SphinxXModel"
     with torch.no_grad():

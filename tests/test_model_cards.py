@@ -2,18 +2,14 @@
 numbers are exactly the sourced ones; and its Python usage runs against the tiny converted model (the
 package snippets in this process, the remote-code snippets in a process that cannot import `sphinx_x`)."""
 
-import os
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-
+from remote_code import run_without_sphinx_x
 from sphinx_x.conversion.publish import CARDS, MODEL_CARDS, render_card
-
 
 REPO_ID = "org/sphinx-card-test"
 IMAGE_URL = re.compile(r"https?://[^\"'\s]+\.(?:jpe?g|png)")
@@ -153,14 +149,6 @@ def test_package_snippets_run(snippet, converted_dir, fixture_dir, capsys):
 
 REMOTE_RUNNER = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class BlockSphinx(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "sphinx_x" or name.startswith("sphinx_x."):
-                raise ImportError("sphinx_x is not installed in this process")
-
-    sys.meta_path.insert(0, BlockSphinx())
     for path in sys.argv[1:]:
         namespace = {"__name__": "__main__"}
         exec(compile(open(path).read(), path, "exec"), namespace)
@@ -177,8 +165,5 @@ def test_remote_code_snippets_run_without_the_package(converted_dir, fixture_dir
         script.write_text(localise(snippet, converted_dir, fixture_dir / "inputs" / "synthetic_640x320.png"))
         scripts.append(str(script))
     assert scripts
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, "-c", REMOTE_RUNNER, *scripts], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_sphinx_x(REMOTE_RUNNER, *scripts, cwd=tmp_path, timeout=300)
     assert result.stdout.strip()

@@ -2,16 +2,13 @@
 greedy tokens), in this process and as remote code in a process that cannot import `sphinx_x`."""
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
 import pytest
 import torch
+from remote_code import run_without_sphinx_x
 from transformers import AutoModelForImageTextToText, AutoProcessor
-
 
 QUESTION = "Describe the image in detail."
 
@@ -107,15 +104,9 @@ def test_greedy_generation_matches_reference(converted, inputs, reference):
 
 REMOTE_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, json, sys
+    import json
     import numpy as np, torch
 
-    class BlockSphinx(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "sphinx_x" or name.startswith("sphinx_x."):
-                raise ImportError("sphinx_x is not installed in this process")
-
-    sys.meta_path.insert(0, BlockSphinx())
     from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
     folder, fixture = sys.argv[1], sys.argv[2]
@@ -150,12 +141,7 @@ REMOTE_SCRIPT = textwrap.dedent(
 
 
 def test_remote_code_in_clean_process(converted_dir, fixture_dir, reference, tmp_path):
-    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [sys.executable, "-c", REMOTE_SCRIPT, str(converted_dir), str(fixture_dir)],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_without_sphinx_x(REMOTE_SCRIPT, converted_dir, fixture_dir, cwd=tmp_path)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert all(module.startswith("transformers_modules") for module in report["classes"][:4]), report["classes"]
     assert report["classes"][4] == "SphinxXModel"
