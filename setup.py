@@ -20,7 +20,9 @@ setup(
     packages=[*FOLDERS, "sphinx_x.training.synthetic"],
     package_dir=FOLDERS,
     package_data={"sphinx_x": ["demo_model/*"], "sphinx_x.model_cards": ["*.md"],
-                  "sphinx_x.training.synthetic": ["fonts/*"]},
+                  "sphinx_x.training.synthetic": ["fonts/*"],
+                  "sphinx_x.training": ["recipes/*.yaml", "recipes/mixtures/*.yaml", "accelerate/*.yaml",
+                                        "accelerate/*.json"]},
     install_requires=[
         "torch>=2.4",
         "transformers==5.24.*",
@@ -36,6 +38,7 @@ setup(
     extras_require={
         "train": ["trl==1.16.*", "peft>=0.17", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
+        "qlora": ["bitsandbytes>=0.45"],
         "test": ["pytest>=8"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},

@@ -500,12 +500,7 @@ def convert_accessory(
     rules = conversion_rules(config, shards.keys())
     planned = plan_weights(rules, shards, model.state_dict(), dtype)
 
-    image_processor = SphinxXImageProcessor(
-        tile_size=config.tile_size,
-        image_grid=config.image_grid,
-        skip_padded_tiles=config.use_skip_tokens,
-        tokens_per_view=config.tokens_per_view,
-    )
+    image_processor = SphinxXImageProcessor.from_model_config(config)
     processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.generation_config = generation_config(tokenizer)
     with atomic_output_folder(dst, overwrite=overwrite) as tmp:

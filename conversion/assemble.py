@@ -326,12 +326,7 @@ def assemble(
             f"{sorted(info['unexpected_keys'])[:8]}."
         )
 
-    image_processor = SphinxXImageProcessor(
-        tile_size=config.tile_size,
-        image_grid=config.image_grid,
-        skip_padded_tiles=config.use_skip_tokens,
-        tokens_per_view=config.tokens_per_view,
-    )
+    image_processor = SphinxXImageProcessor.from_model_config(config)
     processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.generation_config = generation_config(tokenizer)
     return write_model_folder(model, processor, dst, overwrite=overwrite)

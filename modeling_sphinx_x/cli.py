@@ -124,6 +124,12 @@ def publish_command(args) -> None:
             card=args.card)
 
 
+def train_command(args) -> None:
+    from .training.train import run_train_command
+
+    run_train_command(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     assemble.set_defaults(run=convert_assemble_command)
+
+    from .training.recipe import add_train_arguments
+
+    train = commands.add_parser("train", help="one-stage SFT from a recipe (TRL SFTTrainer)")
+    add_train_arguments(train)
+    train.set_defaults(run=train_command)
 
     from .conversion.publish import CARDS
 

@@ -167,20 +167,20 @@ class SphinxXPreTrainedModel(PreTrainedModel):
     base_model_prefix = "model"
     input_modalities = ("image", "text")
     supports_gradient_checkpointing = True
-    _no_split_modules = [
-        "LlamaDecoderLayer",
-        "MixtralDecoderLayer",
-        "ConvNextStage",
-        "Dinov2Layer",
-        "CLIPEncoderLayer",
-        "Blip2EncoderLayer",
-        "Blip2QFormerLayer",
-    ]
     _skip_keys_device_placement = "cache"
     _supports_flash_attn = True
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+
+    def post_init(self):
+        super().post_init()
+        # `post_init` gathers `_no_split_modules` from direct children only; the encoders are HF models one level down,
+        # inside their adapters. Only block classes this model holds are listed (FSDP auto-wrap refuses others).
+        for module in self.modules():
+            if module is not self and isinstance(module, PreTrainedModel):
+                self._no_split_modules.update(module._no_split_modules or [])
+                self._keep_in_fp32_modules.update(module._keep_in_fp32_modules or [])
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -370,6 +370,18 @@ class StopOnTokenSequences(StoppingCriteria):
         return done
 
 
+def ignore_image_positions_in_labels(module, args, kwargs):
+    """Forward pre-hook: image placeholder ids (outside the vocabulary) are inputs, never targets.
+
+    It runs before whatever `forward` the instance has, including one patched onto it that scores `labels` without
+    calling the class's `forward` (TRL's fused LM head), whose collator copies the placeholders into the labels.
+    """
+    for key in ("labels", "shift_labels"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = kwargs[key].masked_fill(kwargs[key] == module.config.image_token_id, -100)
+    return args, kwargs
+
+
 class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
     """SPHINX-X with a language-modelling head; `generate` encodes the images once, before the prefill."""
 
@@ -381,6 +393,7 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
         self.model = SphinxXModel(config)
         self.lm_head = nn.Linear(config.text_config.hidden_size, config.text_config.vocab_size, bias=False)
         self.post_init()
+        self.register_forward_pre_hook(ignore_image_positions_in_labels, with_kwargs=True)
 
     def get_input_embeddings(self):
         return self.model.get_input_embeddings()

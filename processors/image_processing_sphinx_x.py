@@ -158,6 +158,17 @@ class SphinxXImageProcessor(BaseImageProcessor):
         self.image_mean = list(image_mean)
         self.image_std = list(image_std)
 
+    @classmethod
+    def from_model_config(cls, config, **kwargs) -> "SphinxXImageProcessor":
+        """The image processor matching a `SphinxXConfig`: its canvas, skip mode and tokens per view."""
+        return cls(
+            tile_size=config.tile_size,
+            image_grid=config.image_grid,
+            skip_padded_tiles=config.use_skip_tokens,
+            tokens_per_view=config.tokens_per_view,
+            **kwargs,
+        )
+
     @property
     def canvas_size(self) -> tuple[int, int]:
         """(height, width) of the canvas."""

@@ -9,7 +9,9 @@ from transformers.processing_utils import MultiModalData, ProcessingKwargs
 # The reference conversation (LLaMA2-Accessory `conv_v1_2`): the image block sits right after BOS, before the system
 # prompt; turns are " Human: ..." / " Assistant: ..." each closed by "\n###"; the open assistant turn ends with
 # " Assistant:" (no trailing space). Assistant text and its terminator are wrapped in generation markers for TRL's
-# `assistant_only_loss`. Training conversations end with EOS, as the reference tokenises them.
+# `assistant_only_loss`, with the space before the answer: SentencePiece may give it a token of its own ("▁"), which
+# the reference trains as part of the answer segment. Training conversations end with EOS, as the reference
+# tokenises them.
 DEFAULT_SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
@@ -29,8 +31,8 @@ CHAT_TEMPLATE = (
     "{{- '\\n\\n###' -}}"
     "{%- for message in messages if message['role'] != 'system' -%}"
     "{%- if message['role'] == 'user' -%}{{- ' Human: ' + text_of(message) + '\\n###' -}}"
-    "{%- elif message['role'] == 'assistant' -%}{{- ' Assistant: ' -}}"
-    "{%- generation -%}{{- text_of(message) + '\\n###' -}}{%- endgeneration -%}"
+    "{%- elif message['role'] == 'assistant' -%}{{- ' Assistant:' -}}"
+    "{%- generation -%}{{- ' ' + text_of(message) + '\\n###' -}}{%- endgeneration -%}"
     "{%- else -%}{{- raise_exception('SPHINX conversations have system, user and assistant roles only, got '"
     " + message['role']) -}}{%- endif -%}"
     "{%- endfor -%}"

@@ -31,12 +31,7 @@ def make_tiny_model_and_processor(preset: str = "tiny-random", seed: int = 0, **
     config = preset_config(preset, **overrides)
     model = sphinx_x.SphinxXForConditionalGeneration(config).eval()
     tokenizer = build_tokenizer(FIXTURE / "checkpoint")
-    image_processor = sphinx_x.SphinxXImageProcessor(
-        tile_size=config.tile_size,
-        image_grid=config.image_grid,
-        skip_padded_tiles=config.use_skip_tokens,
-        tokens_per_view=config.tokens_per_view,
-    )
+    image_processor = sphinx_x.SphinxXImageProcessor.from_model_config(config)
     processor = sphinx_x.SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.generation_config = generation_config(tokenizer)
     return model, processor

@@ -1,0 +1,108 @@
+"""`sphinx-x train RECIPE.yaml`: one-stage SFT of a SPHINX-X model with TRL's `SFTTrainer`.
+
+Runs the same in one process and under `accelerate launch` (DDP, FSDP, DeepSpeed: see `training/accelerate/`):
+
+    accelerate launch --config_file training/accelerate/fsdp.yaml -m sphinx_x.training.train RECIPE.yaml
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+from transformers import set_seed
+from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.utils import logging
+from trl import SFTTrainer
+
+from .collator import SKIP_REASONS, SkippedRecords, SphinxXDataCollator
+from .data import load_mixture
+from .models import freeze_vision_encoders, load_model_and_processor
+from .recipe import RecipeError, add_train_arguments, load_recipe, overrides_from_arguments
+
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a recipe run produced: the final model (or adapter) and processor are in `output_dir`."""
+
+    output_dir: str
+    train_output: TrainOutput
+    skipped: dict[str, int]  # records skipped by reason (train and eval data), over all processes and passes
+    trainer: SFTTrainer
+
+
+def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
+    """Train as a recipe says (see `recipe.py` for its sections); `overrides` is a nested mapping merged on top.
+
+    Model, processor and data come from the recipe; `SFTTrainer` runs with the SPHINX-X processor and a collator that
+    skips bad records. Resumes from `sft.resume_from_checkpoint` (a checkpoint folder, or `true` for the last one in
+    `output_dir`). Saves the model (or the adapter) with the processor in `sft.output_dir`.
+    """
+    recipe = load_recipe(path, overrides)
+    args = recipe.sft_config()
+    checkpoint = args.resume_from_checkpoint
+    if checkpoint is True:
+        checkpoint = get_last_checkpoint(args.output_dir)
+        if checkpoint is None:
+            raise RecipeError(f"No checkpoint to resume from in {args.output_dir}.")
+    model_spec = recipe.model
+    if checkpoint and recipe.peft is None:
+        # `Trainer` reloads a checkpoint's tensors as stored, without the key conversions `save_pretrained` applied
+        # (DINOv2's split projections, Mixtral's fused experts; transformers#48805), which would leave those weights
+        # where the run started. A full fine-tuning checkpoint is a complete model folder: start from it.
+        kept = {key: recipe.model[key] for key in ("dtype", "attn_implementation") if key in recipe.model}
+        model_spec = {"path": checkpoint, **kept}
+    set_seed(args.seed)  # before a from-scratch model or LoRA weights are initialised
+    model, processor = load_model_and_processor(model_spec, recipe.peft_method)
+    if "max_length" not in recipe.sft:  # records that do not fit the LLM's context are skipped
+        args.max_length = model.config.text_config.max_position_embeddings
+    if recipe.peft is None and not recipe.train_vision_encoders:
+        freeze_vision_encoders(model)
+
+    collator = SphinxXDataCollator(
+        processor=processor,
+        max_length=args.max_length,
+        assistant_only_loss=args.assistant_only_loss,
+        pad_to_multiple_of=args.pad_to_multiple_of,
+        skipped=SkippedRecords(args.dataloader_multiprocessing_context),
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=load_mixture(recipe.data["train"]),
+        eval_dataset=load_mixture(recipe.data["eval"]) if "eval" in recipe.data else None,
+        processing_class=processor,
+        data_collator=collator,
+        peft_config=recipe.lora_config(),
+    )
+    train_output = trainer.train(resume_from_checkpoint=checkpoint)
+
+    counts = trainer.accelerator.reduce(collator.skipped.counts.to(trainer.accelerator.device), reduction="sum")
+    skipped = dict(zip(SKIP_REASONS, counts.tolist()))
+    if sum(skipped.values()):
+        logger.warning(f"Skipped {sum(skipped.values())} training record(s): {skipped}")
+    metrics = {**train_output.metrics, **{f"skipped_{reason}": count for reason, count in skipped.items()}}
+    train_output = TrainOutput(train_output.global_step, train_output.training_loss, metrics)
+    trainer.log_metrics("train", metrics)
+    trainer.save_metrics("train", metrics)
+    trainer.save_state()
+    trainer.save_model(args.output_dir)
+    return TrainResult(output_dir=args.output_dir, train_output=train_output, skipped=skipped, trainer=trainer)
+
+
+def run_train_command(args: argparse.Namespace) -> TrainResult:
+    """`sphinx-x train`: the arguments of `recipe.add_train_arguments`."""
+    return train_from_recipe(args.recipe, overrides_from_arguments(args))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="sphinx-x train", description=__doc__.splitlines()[0])
+    add_train_arguments(parser)
+    run_train_command(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
