@@ -36,8 +36,15 @@ def small_random_overrides() -> dict:
             depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 256], layer_norm_eps=1e-5, image_size=512
         ),
         "dinov2_config": Dinov2Config(
-            hidden_size=192, num_hidden_layers=3, num_attention_heads=3, mlp_ratio=4, use_swiglu_ffn=True,
-            image_size=224, patch_size=14, layer_norm_eps=1e-6, layerscale_value=1.0,
+            hidden_size=192,
+            num_hidden_layers=3,
+            num_attention_heads=3,
+            mlp_ratio=4,
+            use_swiglu_ffn=True,
+            image_size=224,
+            patch_size=14,
+            layer_norm_eps=1e-6,
+            layerscale_value=1.0,
         ),
     }
 
@@ -51,7 +58,9 @@ def build_model(preset: str, seed: int):
     config = preset_config(base, **overrides())
     model = sphinx_x.SphinxXForConditionalGeneration(config).eval()
     image_processor = sphinx_x.SphinxXImageProcessor(
-        tile_size=config.tile_size, image_grid=config.image_grid, skip_padded_tiles=True,
+        tile_size=config.tile_size,
+        image_grid=config.image_grid,
+        skip_padded_tiles=True,
         tokens_per_view=config.tokens_per_view,
     )
     return model, image_processor
@@ -85,13 +94,14 @@ def config_summary(model) -> str:
         [
             f"- LLM: {text.model_type}, hidden {text.hidden_size}, intermediate {text.intermediate_size}, "
             f"{text.num_hidden_layers} layers, {text.num_attention_heads} heads / {text.num_key_value_heads} kv, "
-            f"vocab {text.vocab_size}, attention {text._attn_implementation} ({n_params(inner.language_model):.1f} M params)",
+            f"vocab {text.vocab_size}, attention {text._attn_implementation} "
+            f"({n_params(inner.language_model):.1f} M params)",
             f"- ConvNeXt: depths {convnext.depths}, widths {convnext.hidden_sizes}, views {convnext.image_size} px "
             f"({n_params(inner.convnext):.2f} M params)",
             f"- DINOv2: hidden {dinov2.hidden_size}, {dinov2.num_hidden_layers} layers, views {dinov2.image_size} px "
             f"({n_params(inner.dinov2):.2f} M params)",
-            f"- canvas {config.canvas_size[1]}x{config.canvas_size[0]}, grid {config.image_grid} of {config.tile_size} px "
-            f"tiles, {config.tokens_per_view} positions per encoded view, dtype {model.dtype}",
+            f"- canvas {config.canvas_size[1]}x{config.canvas_size[0]}, grid {config.image_grid} of "
+            f"{config.tile_size} px tiles, {config.tokens_per_view} positions per encoded view, dtype {model.dtype}",
         ]
     )
 
@@ -111,10 +121,14 @@ def main():
 
     model, image_processor = build_model(args.preset, args.seed)
     config = model.config
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.2f} (timings are only as quiet as the machine)")
-    print(f"preset {args.preset}, {args.repeats} repeats (median) after {args.warmup} warm-up, "
-          f"short side {args.short_side} px, {args.prompt_tokens} text tokens after the image")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.2f} (timings are only as quiet as the machine)"
+    )
+    print(
+        f"preset {args.preset}, {args.repeats} repeats (median) after {args.warmup} warm-up, "
+        f"short side {args.short_side} px, {args.prompt_tokens} text tokens after the image"
+    )
     print(config_summary(model))
     print()
 
@@ -168,12 +182,16 @@ def main():
             )
         )
 
-    print("| aspect ratio (w:h) [tile mask] | image tokens with skip | without | token ratio | prefill ms with | "
-          "without | speed-up (without/with) |")
+    print(
+        "| aspect ratio (w:h) [tile mask] | image tokens with skip | without | token ratio | prefill ms with | "
+        "without | speed-up (without/with) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for ratio, tiles, n_with, n_without, token_ratio, ms_with, ms_without, speedup in rows:
-        print(f"| {ratio} [{tiles}] | {n_with} | {n_without} | {token_ratio:.3f} | {ms_with:.1f} | {ms_without:.1f} | "
-              f"{speedup:.2f}x |")
+        print(
+            f"| {ratio} [{tiles}] | {n_with} | {n_without} | {token_ratio:.3f} | {ms_with:.1f} | {ms_without:.1f} | "
+            f"{speedup:.2f}x |"
+        )
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f}")
 
 

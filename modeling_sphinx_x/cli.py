@@ -112,16 +112,18 @@ def convert_accessory_command(args) -> None:
 def convert_assemble_command(args) -> None:
     from .conversion.assemble import assemble
 
-    dst = assemble(args.preset, args.llm, args.convnext, args.dinov2, args.dst, dtype=DTYPES[args.dtype],
-                   overwrite=args.overwrite)
+    dst = assemble(
+        args.preset, args.llm, args.convnext, args.dinov2, args.dst, dtype=DTYPES[args.dtype], overwrite=args.overwrite
+    )
     print(f"Wrote {dst}")
 
 
 def publish_command(args) -> None:
     from .conversion.publish import publish
 
-    publish(args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run,
-            card=args.card)
+    publish(
+        args.folder, args.repo_id, private=args.private, revision=args.revision, dry_run=args.dry_run, card=args.card
+    )
 
 
 def train_command(args) -> None:
@@ -150,25 +152,37 @@ def build_parser() -> argparse.ArgumentParser:
     accessory.add_argument("dst", help="output folder (written atomically)")
     accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     accessory.add_argument("--dinov2-num-heads", type=int, help="DINOv2 heads when its width is not a multiple of 64")
-    accessory.add_argument("--clip-activation", choices=["gelu", "quick_gelu"],
-                           help="CLIP activation (default: gelu, or quick_gelu when config.json sets "
-                                "load_pretrained_visual_encoder)")
+    accessory.add_argument(
+        "--clip-activation",
+        choices=["gelu", "quick_gelu"],
+        help="CLIP activation (default: gelu, or quick_gelu when config.json sets load_pretrained_visual_encoder)",
+    )
     accessory.add_argument("--clip-num-heads", type=int, help="CLIP heads when its width is not a multiple of 64")
-    accessory.add_argument("--qformer-num-heads", type=int, help="Q-Former heads when its width is not a multiple of 64")
+    accessory.add_argument(
+        "--qformer-num-heads", type=int, help="Q-Former heads when its width is not a multiple of 64"
+    )
     accessory.add_argument("--qformer-vision-num-heads", type=int, help="BLIP-2 vision heads when it is not 1408 wide")
     accessory.add_argument("--max-shard-size", default="5GB", help="largest weight file, e.g. 5GB")
-    accessory.add_argument("--verify", action="store_true",
-                           help="reload the result and run a forward pass and a short generate before finishing")
+    accessory.add_argument(
+        "--verify",
+        action="store_true",
+        help="reload the result and run a forward pass and a short generate before finishing",
+    )
     accessory.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     accessory.set_defaults(run=convert_accessory_command)
 
     assemble = sources.add_parser("assemble", help="an untrained SPHINX-X from a base LLM, ConvNeXt and DINOv2")
-    assemble.add_argument("--preset", required=True,
-                          choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe"])
-    assemble.add_argument("--llm", required=True,
-                          help="HF folder of TinyLlama / Llama-2 / Mixtral, or InternLM2 in its own format")
-    assemble.add_argument("--convnext", required=True,
-                          help="open_clip CLIP ConvNeXt-XXLarge folder or file, or a timm ConvNeXt trunk")
+    assemble.add_argument(
+        "--preset",
+        required=True,
+        choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe"],
+    )
+    assemble.add_argument(
+        "--llm", required=True, help="HF folder of TinyLlama / Llama-2 / Mixtral, or InternLM2 in its own format"
+    )
+    assemble.add_argument(
+        "--convnext", required=True, help="open_clip CLIP ConvNeXt-XXLarge folder or file, or a timm ConvNeXt trunk"
+    )
     assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant)")
     assemble.add_argument("dst", help="output folder (written atomically)")
     assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16")
@@ -189,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--private", action="store_true", help="create the repository private (new ones only)")
     publish.add_argument("--revision", help="branch to commit to (created when missing)")
     publish.add_argument("--dry-run", action="store_true", help="print the commit plan; no network call")
-    publish.add_argument("--card", choices=CARDS,
-                         help="card template (default: the folder's README.md, else chosen from config.json)")
+    publish.add_argument(
+        "--card", choices=CARDS, help="card template (default: the folder's README.md, else chosen from config.json)"
+    )
     publish.set_defaults(run=publish_command)
     return parser
 

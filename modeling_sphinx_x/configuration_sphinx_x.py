@@ -91,11 +91,14 @@ class SphinxXConfig(PreTrainedConfig):
             # The placeholder is appended to the tokenizer, right after the LLM's own vocabulary.
             self.image_token_id = self.text_config.vocab_size
         if not any(self.grid_encoder_configs().values()):
-            raise ValueError("SphinxXConfig needs at least one grid encoder: set convnext_config, dinov2_config or clip_config.")
+            raise ValueError(
+                "SphinxXConfig needs at least one grid encoder: set convnext_config, dinov2_config or clip_config."
+            )
         grids = {name: self.encoder_grid_size(name) for name, cfg in self.grid_encoder_configs().items() if cfg}
-        if any(self.token_grid_size % size for size in grids.values()) or len(
-            {size for name, size in grids.items() if name != "convnext"}
-        ) > 1:
+        if (
+            any(self.token_grid_size % size for size in grids.values())
+            or len({size for name, size in grids.items() if name != "convnext"}) > 1
+        ):
             raise ValueError(
                 f"The encoders' token grids {grids} cannot be fused: CLIP and DINOv2 grids must be equal and the "
                 "ConvNeXt grid must divide them. Check the encoders' image_size and patch_size."

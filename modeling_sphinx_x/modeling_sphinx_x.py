@@ -231,7 +231,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
         return [(encoder, cfg.image_size) for encoder, cfg in encoders if encoder is not None]
 
     def encoder_views(self, pixel_values: torch.Tensor, view_size: int, view_mask: torch.Tensor) -> torch.Tensor:
-        """The `[n_kept_views, 3, view_size, view_size]` views one encoder receives (see `SphinxXConfig.view_source`)."""
+        """The `[n_kept_views, 3, view_size, view_size]` views an encoder receives (see `SphinxXConfig.view_source`)."""
         config = self.config
         if config.view_source == "canvas":
             return build_views(pixel_values, view_size, config.image_grid, config.tile_size, view_mask)
@@ -274,7 +274,8 @@ class SphinxXModel(SphinxXPreTrainedModel):
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
         grid_features = [
-            encoder(self.encoder_views(pixel_values, view_size, view_mask)) for encoder, view_size in self.grid_encoders()
+            encoder(self.encoder_views(pixel_values, view_size, view_mask))
+            for encoder, view_size in self.grid_encoders()
         ]
         view_tokens = self.visual_projector(torch.cat(grid_features, dim=-1))
         if self.qformer is not None:
@@ -282,8 +283,9 @@ class SphinxXModel(SphinxXPreTrainedModel):
             view_tokens = torch.cat([self.qformer_projector(self.qformer(qformer_views)), view_tokens], dim=1)
 
         n_views, _, hidden = view_tokens.shape
-        tags = lambda tag: tag.to(view_tokens.dtype).expand(n_views, 1, hidden)  # noqa: E731
-        framed = torch.cat([tags(self.image_start), view_tokens, tags(self.image_end)], dim=1)
+        start = self.image_start.to(view_tokens.dtype).expand(n_views, 1, hidden)
+        end = self.image_end.to(view_tokens.dtype).expand(n_views, 1, hidden)
+        framed = torch.cat([start, view_tokens, end], dim=1)
         skip = self.image_skip.to(view_tokens.dtype)[None]
 
         per_image, next_view = [], 0
@@ -324,7 +326,9 @@ class SphinxXModel(SphinxXPreTrainedModel):
 
         image_outputs = mm_encoder_outputs.get("image")
         if image_outputs is not None:
-            image_features = torch.cat(list(image_outputs.pooler_output), dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
+            image_features = torch.cat(list(image_outputs.pooler_output), dim=0).to(
+                inputs_embeds.device, inputs_embeds.dtype
+            )
             if image_mask is None:
                 raise ValueError("Images need `input_ids` with image placeholder tokens, not `inputs_embeds`.")
             n_positions = int(image_mask.sum())

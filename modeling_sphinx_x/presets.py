@@ -96,8 +96,9 @@ def mixtral(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, ex
 TINYLLAMA = dict(hidden=2048, intermediate=5632, layers=22, heads=32, kv_heads=4)
 LLAMA2_13B = dict(hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40)
 # InternLM2-7B converted to the Llama layout (its packed `wqkv` split into q/k/v).
-INTERNLM2_7B = dict(hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=92544, theta=1e6,
-                    max_positions=32768)
+INTERNLM2_7B = dict(
+    hidden=4096, intermediate=14336, layers=32, heads=32, kv_heads=8, vocab=92544, theta=1e6, max_positions=32768
+)
 
 
 def light_encoders() -> dict:
@@ -122,13 +123,41 @@ def tiny_encoders() -> dict:
             depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], layer_norm_eps=1e-5, image_size=512
         ),
         "dinov2_config": Dinov2Config(
-            hidden_size=32, num_hidden_layers=1, num_attention_heads=2, mlp_ratio=2, use_swiglu_ffn=True,
-            image_size=224, patch_size=14, layer_norm_eps=1e-6, layerscale_value=1.0,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            mlp_ratio=2,
+            use_swiglu_ffn=True,
+            image_size=224,
+            patch_size=14,
+            layer_norm_eps=1e-6,
+            layerscale_value=1.0,
         ),
     }
 
 
 SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": True}
+
+
+def demo_encoders() -> dict:
+    """The embedded demo model's experts: small, trainable from scratch on a CPU, 8x8 token grids (67 per view)."""
+    return {
+        "convnext_config": ConvNextConfig(
+            depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 192], layer_norm_eps=1e-5, image_size=256
+        ),
+        "dinov2_config": Dinov2Config(
+            hidden_size=128,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            mlp_ratio=2,
+            use_swiglu_ffn=True,
+            image_size=112,
+            patch_size=14,
+            layer_norm_eps=1e-6,
+            layerscale_value=1.0,
+        ),
+    }
+
 
 PRESETS = {
     # The SPHINX-X family: one-stage models with skip tokens.
@@ -137,22 +166,65 @@ PRESETS = {
     "sphinx-x-llama2-13b": lambda: {"text_config": llama(**LLAMA2_13B), **light_encoders(), **SPHINX_X_CANVAS},
     "sphinx-x-moe": lambda: {"text_config": mixtral(), **light_encoders(), **SPHINX_X_CANVAS},
     # Released LLaMA2-Accessory checkpoints (spec section 1): reference geometry, no skip tokens.
-    "sphinx-tiny": lambda: {"text_config": llama(**TINYLLAMA), **light_encoders(), "tile_size": 512,
-                            "image_grid": [1, 1], "use_skip_tokens": False},
-    "sphinx-tiny-1k": lambda: {"text_config": llama(**TINYLLAMA), **light_encoders(), "tile_size": 512,
-                               "image_grid": [2, 2], "use_skip_tokens": False},
-    "sphinx": lambda: {"text_config": llama(**LLAMA2_13B), **four_encoders(256), "tile_size": 224,
-                       "image_grid": [1, 1], "use_skip_tokens": False, "view_source": "base_views"},
-    "sphinx-1k": lambda: {"text_config": llama(**LLAMA2_13B), **four_encoders(256), "tile_size": 224,
-                          "image_grid": [2, 2], "use_skip_tokens": False, "view_source": "base_views"},
-    "sphinx-moe": lambda: {"text_config": mixtral(), **four_encoders(512), "tile_size": 512, "image_grid": [1, 1],
-                           "use_skip_tokens": False},
-    "sphinx-moe-1k": lambda: {"text_config": mixtral(), **four_encoders(512), "tile_size": 512,
-                              "image_grid": [2, 2], "use_skip_tokens": False},
+    "sphinx-tiny": lambda: {
+        "text_config": llama(**TINYLLAMA),
+        **light_encoders(),
+        "tile_size": 512,
+        "image_grid": [1, 1],
+        "use_skip_tokens": False,
+    },
+    "sphinx-tiny-1k": lambda: {
+        "text_config": llama(**TINYLLAMA),
+        **light_encoders(),
+        "tile_size": 512,
+        "image_grid": [2, 2],
+        "use_skip_tokens": False,
+    },
+    "sphinx": lambda: {
+        "text_config": llama(**LLAMA2_13B),
+        **four_encoders(256),
+        "tile_size": 224,
+        "image_grid": [1, 1],
+        "use_skip_tokens": False,
+        "view_source": "base_views",
+    },
+    "sphinx-1k": lambda: {
+        "text_config": llama(**LLAMA2_13B),
+        **four_encoders(256),
+        "tile_size": 224,
+        "image_grid": [2, 2],
+        "use_skip_tokens": False,
+        "view_source": "base_views",
+    },
+    "sphinx-moe": lambda: {
+        "text_config": mixtral(),
+        **four_encoders(512),
+        "tile_size": 512,
+        "image_grid": [1, 1],
+        "use_skip_tokens": False,
+    },
+    "sphinx-moe-1k": lambda: {
+        "text_config": mixtral(),
+        **four_encoders(512),
+        "tile_size": 512,
+        "image_grid": [2, 2],
+        "use_skip_tokens": False,
+    },
+    # The embedded demo model (`sphinx-x chat` without --model): a 512 px canvas of 2x2 tiles, ~5 M parameters.
+    "sphinx-x-demo": lambda: {
+        "text_config": llama(256, 768, 4, 4, 4, vocab=512),
+        **demo_encoders(),
+        "tile_size": 256,
+        "image_grid": [2, 2],
+        "use_skip_tokens": True,
+    },
     # Tiny random models for tests and benchmarks: real geometry and token counts, small widths.
     "tiny-random": lambda: {"text_config": llama(64, 128, 2, 4, 2, vocab=512), **tiny_encoders(), **SPHINX_X_CANVAS},
-    "tiny-random-moe": lambda: {"text_config": mixtral(64, 96, 2, 4, 2, experts=4, vocab=512), **tiny_encoders(),
-                                **SPHINX_X_CANVAS},
+    "tiny-random-moe": lambda: {
+        "text_config": mixtral(64, 96, 2, 4, 2, experts=4, vocab=512),
+        **tiny_encoders(),
+        **SPHINX_X_CANVAS,
+    },
 }
 PRESETS["sphinx-v2-1k"] = PRESETS["sphinx-1k"]
 

@@ -42,7 +42,9 @@ def tile_content_mask(width: int, height: int, grid: list[int], tile_size: int) 
     frame_width, frame_height = padded_frame(width, height, rows * tile_size, cols * tile_size)
     content_width = Fraction(width * cols * tile_size, frame_width)
     content_height = Fraction(height * rows * tile_size, frame_height)
-    return np.array([r * tile_size < content_height and c * tile_size < content_width for r in range(rows) for c in range(cols)])
+    return np.array(
+        [r * tile_size < content_height and c * tile_size < content_width for r in range(rows) for c in range(cols)]
+    )
 
 
 def load_image(image, index: int = 0) -> PIL.Image.Image:
@@ -55,7 +57,9 @@ def load_image(image, index: int = 0) -> PIL.Image.Image:
 
             return PIL.ImageOps.exif_transpose(fetch_url(path))
         if not os.path.isfile(path):
-            raise ValueError(f"{what}: no file at {path!r}. Pass an existing image path, a PIL image, bytes or an array.")
+            raise ValueError(
+                f"{what}: no file at {path!r}. Pass an existing image path, a PIL image, bytes or an array."
+            )
         with open(path, "rb") as handle:
             image, what = handle.read(), f"{what} ({path})"
     if isinstance(image, (bytes, bytearray)):
@@ -201,7 +205,11 @@ class SphinxXImageProcessor(BaseImageProcessor):
         frame_width, frame_height = padded_frame(image.width, image.height, canvas_height, canvas_width)
         if (frame_width, frame_height) != image.size:
             frame = PIL.Image.new(image.mode, (frame_width, frame_height), PADDING_COLOR)
-            offset = (0, 0) if self.skip_padded_tiles else ((frame_width - image.width) // 2, (frame_height - image.height) // 2)
+            offset = (
+                (0, 0)
+                if self.skip_padded_tiles
+                else ((frame_width - image.width) // 2, (frame_height - image.height) // 2)
+            )
             frame.paste(image, offset)
             image = frame
         return image.resize((canvas_width, canvas_height), PIL.Image.BICUBIC)

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+
 BLOCK_SPHINX_X = textwrap.dedent(
     """
     import importlib.abc, sys

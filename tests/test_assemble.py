@@ -18,11 +18,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import parts_factory
 from sphinx_x.conversion.accessory import dinov2_position_table
 from sphinx_x.conversion.assemble import assemble, load_convnext_trunk
 from sphinx_x.conversion.common import ConversionError
 from sphinx_x.conversion.internlm2 import internlm2_to_llama
+
+import parts_factory
 
 
 # preset -> (LLM stand-in, ConvNeXt stand-in), so that full assemblies cover every format: LLMs as HF Llama

@@ -6,7 +6,6 @@ import shutil
 
 import pytest
 import torch
-
 from transformers import AutoProcessor, TextStreamer
 
 from sphinx_x.cli import StopStringFilter, main

@@ -13,16 +13,9 @@ import PIL.Image
 import pytest
 import torch
 import torch.nn.functional as F
-from accessory_factory import (
-    LAYOUTS,
-    RELEASED_SIZES,
-    Sizes,
-    model_args,
-    state_shapes,
-    write_checkpoint,
-)
-from remote_code import run_without_sphinx_x
 from safetensors import safe_open
+from transformers import AutoModelForImageTextToText, AutoProcessor
+
 from sphinx_x import SphinxXForConditionalGeneration
 from sphinx_x.conversion.accessory import (
     RELEASED_LAYOUTS,
@@ -36,7 +29,17 @@ from sphinx_x.conversion.accessory import (
 )
 from sphinx_x.conversion.shards import AccessoryShards
 from sphinx_x.presets import preset_config
-from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from accessory_factory import (
+    LAYOUTS,
+    RELEASED_SIZES,
+    Sizes,
+    model_args,
+    state_shapes,
+    write_checkpoint,
+)
+from remote_code import run_without_sphinx_x
+
 
 SIZES = Sizes()
 # The tiny BLIP-2 vision tower is narrower than the bundled one, so its head count is given (real ones need none).

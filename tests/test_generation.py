@@ -14,8 +14,9 @@ from transformers import (
     pipeline,
 )
 
-from conftest import make_tiny_model_and_processor
 from sphinx_x.processors.processing_sphinx_x import STOP_STRING
+
+from conftest import make_tiny_model_and_processor
 
 
 def conversation(text, image=None):
@@ -25,7 +26,11 @@ def conversation(text, image=None):
 
 def batch_inputs(processor, conversations):
     return processor.apply_chat_template(
-        conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
         processor_kwargs={"padding": True},
     )
 
@@ -42,10 +47,10 @@ def test_batched_generation_equals_single(tiny_model_and_processor):
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at the last column
     assert len(set(batch["attention_mask"].sum(1).tolist())) == 3  # three different prompt lengths
     with torch.no_grad():
-        batched = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1]:]
+        batched = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
         for row, conv in enumerate(conversations):
             single = batch_inputs(processor, [conv])
-            alone = model.generate(**single, max_new_tokens=6)[0, single["input_ids"].shape[1]:]
+            alone = model.generate(**single, max_new_tokens=6)[0, single["input_ids"].shape[1] :]
             assert batched[row].tolist() == alone.tolist()
 
 
@@ -67,7 +72,9 @@ def test_generation_stops_at_terminator_and_hides_it(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
     tokenizer = processor.tokenizer
     answer = tokenizer.encode("hello world", add_special_tokens=False)
-    terminator = tokenizer.encode("@" + STOP_STRING, add_special_tokens=False)[len(tokenizer.encode("@", add_special_tokens=False)):]
+    terminator = tokenizer.encode("@" + STOP_STRING, add_special_tokens=False)[
+        len(tokenizer.encode("@", add_special_tokens=False)) :
+    ]
     inputs = batch_inputs(processor, [conversation("Say hello", Image.new("RGB", (64, 64)))])
     prompt_length = inputs["input_ids"].shape[1]
     forced = LogitsProcessorList([ForceTokens(prompt_length, answer + terminator + answer)])
@@ -115,7 +122,7 @@ def test_streaming_yields_the_generated_text(tiny_model_and_processor):
     thread.join()
     with torch.no_grad():
         output = model.generate(**inputs, max_new_tokens=8)
-    expected = processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = processor.tokenizer.decode(output[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     assert streamed == expected
 
 

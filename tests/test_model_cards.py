@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 from huggingface_hub import ModelCard
-from remote_code import run_without_sphinx_x
+
 from sphinx_x.conversion.publish import CARDS, MODEL_CARDS, render_card
+
+from remote_code import run_without_sphinx_x
+
 
 REPO_ID = "org/sphinx-card-test"
 IMAGE_URL = re.compile(r"https?://[^\"'\s]+\.(?:jpe?g|png)")

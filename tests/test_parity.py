@@ -7,8 +7,10 @@ import textwrap
 import numpy as np
 import pytest
 import torch
-from remote_code import run_without_sphinx_x
 from transformers import AutoModelForImageTextToText, AutoProcessor
+
+from remote_code import run_without_sphinx_x
+
 
 QUESTION = "Describe the image in detail."
 

@@ -192,7 +192,9 @@ def test_all_true_mask_matches_unskipped_views(tiny_model_and_processor):
     inputs = processor.image_processor(random_image(600, 200), return_tensors="pt")
     with torch.no_grad():
         skipped = model.model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).pooler_output[0]
-        full = model.model.get_image_features(inputs["pixel_values"], torch.ones(1, 4, dtype=torch.bool)).pooler_output[0]
+        full = model.model.get_image_features(inputs["pixel_values"], torch.ones(1, 4, dtype=torch.bool)).pooler_output[
+            0
+        ]
         default = model.model.get_image_features(inputs["pixel_values"]).pooler_output[0]
     assert full.shape[0] == default.shape[0] == 1295
     torch.testing.assert_close(default, full, rtol=0, atol=0)
@@ -228,7 +230,10 @@ def test_token_count_matches_features_for_many_sizes(tiny_model_and_processor):
 
 def test_batch_with_different_masks_matches_single_samples(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    conversations = [conversation(random_image(600, 200, seed=5)), conversation(random_image(400, 400, seed=6), "What?")]
+    conversations = [
+        conversation(random_image(600, 200, seed=5)),
+        conversation(random_image(400, 400, seed=6), "What?"),
+    ]
     batch = chat_inputs(processor, conversations, padding=True)
     assert batch["image_tile_mask"].tolist() == [[True, True, False, False], [True] * 4]
     per_row = (batch["input_ids"] == processor.image_token_id).sum(dim=1).tolist()

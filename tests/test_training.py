@@ -14,12 +14,12 @@ import torch
 import yaml
 from datasets import Dataset
 from peft import PeftModel
+from test_data import COLOURS, SIZES, SMALL_GEOMETRY, write_colour_dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import sphinx_x.training
-from conftest import FIXTURE, make_tiny_model_and_processor
 from sphinx_x.training.data import MIXTURE_KEYS, SOURCE_KEYS
 from sphinx_x.training.models import LLM_LINEAR_LAYERS
 from sphinx_x.training.recipe import (
@@ -32,7 +32,8 @@ from sphinx_x.training.recipe import (
     parse_recipe,
 )
 from sphinx_x.training.train import train_from_recipe
-from test_data import COLOURS, SIZES, SMALL_GEOMETRY, write_colour_dataset
+
+from conftest import FIXTURE, make_tiny_model_and_processor
 
 
 TRAINING = Path(sphinx_x.training.__file__).parent
@@ -123,7 +124,9 @@ def test_shipped_recipes_and_mixtures_are_valid():
         lora = recipe.lora_config()
         if lora is not None:
             assert lora.target_modules == LLM_LINEAR_LAYERS
-        mixture = yaml.safe_load((TRAINING.parent / recipe.data["train"]).read_text())
+        mixture = recipe.data["train"]  # inline, or a mixture file
+        if not isinstance(mixture, dict):
+            mixture = yaml.safe_load((TRAINING.parent / mixture).read_text())
         check_keys("data mixture", mixture, MIXTURE_KEYS)
         for source in mixture["sources"]:
             check_keys("data source", source, SOURCE_KEYS)
