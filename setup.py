@@ -1,5 +1,6 @@
 from setuptools import setup
 
+
 # One import package, `sphinx_x`, assembled from the top-level folders of the repository.
 FOLDERS = {
     "sphinx_x": "modeling_sphinx_x",
