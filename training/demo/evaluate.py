@@ -1,6 +1,6 @@
 """Held-out accuracy of a SPHINX-X model on the synthetic evaluation tasks.
 
-    python -m sphinx_x.training.demo.evaluate MODEL data/demo/heldout.parquet [--limit N] [--json out.json]
+    python -m sphinx_x.training.demo.evaluate MODEL data/demo/heldout.parquet [--per-task N] [--json out.json]
 
 Set-of-Mark colour and 4-character OCR: exact match of the answer; grounding: the first box of the answer has
 IoU >= 0.5 with the target box.
@@ -26,13 +26,17 @@ def score(task: str, prediction: str, answer: str) -> bool:
     return prediction.strip().lower() == answer.strip().lower()
 
 
-def evaluate(model_path: str, heldout: str, *, limit: int | None = None, batch_size: int = 16) -> dict:
+def evaluate(model_path: str, heldout: str, *, per_task: int | None = None, batch_size: int = 16) -> dict:
     """Per-task accuracy (`{"som_color": {"correct": c, "total": n, "accuracy": c / n}, ...}`)."""
     model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     rows = load_dataset("parquet", data_files=heldout, split="train")
-    if limit:
-        rows = rows.select(range(min(limit, len(rows))))
+    if per_task:
+        first_rows = defaultdict(list)
+        for index, task in enumerate(rows["task"]):
+            if len(first_rows[task]) < per_task:
+                first_rows[task].append(index)
+        rows = rows.select(sorted(sum(first_rows.values(), [])))
     results = defaultdict(lambda: {"correct": 0, "total": 0})
     for start in tqdm(range(0, len(rows), batch_size), desc="evaluating"):
         batch = rows[start : start + batch_size]
@@ -57,10 +61,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="model folder or Hub id")
     parser.add_argument("heldout", help="held-out parquet from sphinx_x.training.demo.make_data")
-    parser.add_argument("--limit", type=int, help="evaluate the first N rows only")
+    parser.add_argument("--per-task", type=int, help="evaluate the first N rows of each task only")
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
-    results = evaluate(args.model, args.heldout, limit=args.limit)
+    results = evaluate(args.model, args.heldout, per_task=args.per_task)
     for task, counts in sorted(results.items()):
         print(f"{task:15s} {counts['correct']:4d} / {counts['total']:4d} = {100 * counts['accuracy']:.1f} %")
     if args.json:

@@ -1,0 +1,49 @@
+"""The demo model's tools: held-out scoring, evaluation end to end, and the loss plot."""
+
+import json
+
+import PIL.Image
+import pytest
+
+from sphinx_x.training.demo.evaluate import evaluate, score
+from sphinx_x.training.demo.plot_loss import main as plot_loss_main
+from sphinx_x.training.synthetic.dataset import make_mixture
+
+from conftest import make_tiny_model_and_processor
+
+
+@pytest.mark.parametrize(
+    "task, prediction, answer, correct",
+    [
+        ("som_color", " Red", "red", True),
+        ("som_color", "blue", "red", False),
+        ("ocr_code", "UJNW", "UJNW", True),
+        ("ocr_code", "UJN", "UJNW", False),
+        ("grounding_rec", "[0.10,0.10,0.50,0.50]", "[0.12,0.10,0.50,0.52]", True),
+        ("grounding_rec", "[0.60,0.60,0.90,0.90]", "[0.12,0.10,0.50,0.52]", False),
+        ("grounding_rec", "no box", "[0.12,0.10,0.50,0.52]", False),
+    ],
+)
+def test_scoring_rules(task, prediction, answer, correct):
+    assert score(task, prediction, answer) is correct
+
+
+def test_evaluation_runs_end_to_end(tmp_path):
+    model, processor = make_tiny_model_and_processor()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    heldout = make_mixture(0, {"ocr_code": 1}, {"som_color": 2, "ocr_code": 2, "grounding_rec": 2})["heldout"]
+    heldout.to_parquet(tmp_path / "heldout.parquet")
+    results = evaluate(str(tmp_path / "model"), str(tmp_path / "heldout.parquet"), per_task=1, batch_size=2)
+    assert {task: counts["total"] for task, counts in results.items()} == {"som_color": 1, "ocr_code": 1,
+                                                                          "grounding_rec": 1}
+    assert all(0.0 <= counts["accuracy"] <= 1.0 for counts in results.values())
+
+
+def test_loss_plot(tmp_path):
+    state = {"log_history": [{"step": step, "loss": 5.0 / step} for step in range(10, 110, 10)] + [{"step": 100}]}
+    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
+    plot_loss_main([str(tmp_path / "trainer_state.json"), str(tmp_path / "loss.png")])
+    image = PIL.Image.open(tmp_path / "loss.png")
+    assert image.size == (800, 480)
+    assert len(set(image.convert("RGB").getdata())) > 2  # axes, labels and the curve were drawn
