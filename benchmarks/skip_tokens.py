@@ -18,10 +18,9 @@ import time
 import numpy as np
 import PIL.Image
 import torch
-from transformers import ConvNextConfig, Dinov2Config
 
 import sphinx_x
-from sphinx_x.presets import llama, preset_config
+from sphinx_x.presets import llama, preset_config, small_encoders
 
 
 ASPECT_RATIOS = [(1, 1), (2, 1), (3, 1), (1, 3), (4, 1)]
@@ -32,20 +31,7 @@ def small_random_overrides() -> dict:
     2x2 grid of 512 tiles, ConvNeXt views at 512, DINOv2 views at 224, 259 positions per encoded view."""
     return {
         "text_config": llama(384, 1024, 4, 6, 3, vocab=512),
-        "convnext_config": ConvNextConfig(
-            depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 256], layer_norm_eps=1e-5, image_size=512
-        ),
-        "dinov2_config": Dinov2Config(
-            hidden_size=192,
-            num_hidden_layers=3,
-            num_attention_heads=3,
-            mlp_ratio=4,
-            use_swiglu_ffn=True,
-            image_size=224,
-            patch_size=14,
-            layer_norm_eps=1e-6,
-            layerscale_value=1.0,
-        ),
+        **small_encoders([32, 64, 128, 256], [1, 1, 2, 1], 512, 192, 3, 3, 224, dinov2_mlp_ratio=4),
     }
 
 

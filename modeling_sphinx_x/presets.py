@@ -116,24 +116,41 @@ def four_encoders(convnext_view: int) -> dict:
     }
 
 
-def tiny_encoders() -> dict:
-    """Narrow, shallow encoders with the real view sizes and token grid (259 positions per view)."""
+def small_encoders(
+    convnext_widths,
+    convnext_depths,
+    convnext_view,
+    dinov2_width,
+    dinov2_layers,
+    dinov2_heads,
+    dinov2_view,
+    dinov2_mlp_ratio=2,
+) -> dict:
+    """A narrow ConvNeXt + DINOv2 pair with SPHINX-X's norms, SwiGLU and layer scale (tests, demo, benchmarks)."""
     return {
         "convnext_config": ConvNextConfig(
-            depths=[1, 1, 1, 1], hidden_sizes=[8, 16, 24, 32], layer_norm_eps=1e-5, image_size=512
+            depths=list(convnext_depths),
+            hidden_sizes=list(convnext_widths),
+            layer_norm_eps=1e-5,
+            image_size=convnext_view,
         ),
         "dinov2_config": Dinov2Config(
-            hidden_size=32,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            mlp_ratio=2,
+            hidden_size=dinov2_width,
+            num_hidden_layers=dinov2_layers,
+            num_attention_heads=dinov2_heads,
+            mlp_ratio=dinov2_mlp_ratio,
             use_swiglu_ffn=True,
-            image_size=224,
+            image_size=dinov2_view,
             patch_size=14,
             layer_norm_eps=1e-6,
             layerscale_value=1.0,
         ),
     }
+
+
+def tiny_encoders() -> dict:
+    """Narrow, shallow encoders with the real view sizes and token grid (259 positions per view)."""
+    return small_encoders([8, 16, 24, 32], [1, 1, 1, 1], 512, 32, 1, 2, 224)
 
 
 SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": True}
@@ -141,22 +158,7 @@ SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": Tr
 
 def demo_encoders() -> dict:
     """The embedded demo model's experts: small, trainable from scratch on a CPU, 8x8 token grids (67 per view)."""
-    return {
-        "convnext_config": ConvNextConfig(
-            depths=[1, 1, 2, 1], hidden_sizes=[32, 64, 128, 192], layer_norm_eps=1e-5, image_size=256
-        ),
-        "dinov2_config": Dinov2Config(
-            hidden_size=128,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            mlp_ratio=2,
-            use_swiglu_ffn=True,
-            image_size=112,
-            patch_size=14,
-            layer_norm_eps=1e-6,
-            layerscale_value=1.0,
-        ),
-    }
+    return small_encoders([32, 64, 128, 192], [1, 1, 2, 1], 256, 128, 3, 4, 112)
 
 
 PRESETS = {
