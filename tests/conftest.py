@@ -21,8 +21,9 @@ def fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def converted_dir(tmp_path_factory) -> Path:
     """The fixture checkpoint converted once per session (float32, reference geometry, remote code included)."""
-    return convert_accessory(FIXTURE / "checkpoint", tmp_path_factory.mktemp("converted") / "sphinx-tiny-1k-hf",
-                             dinov2_num_heads=4)
+    return convert_accessory(
+        FIXTURE / "checkpoint", tmp_path_factory.mktemp("converted") / "sphinx-tiny-1k-hf", dinov2_num_heads=4
+    )
 
 
 def make_tiny_model_and_processor(preset: str = "tiny-random", seed: int = 0, **overrides):
@@ -35,6 +36,18 @@ def make_tiny_model_and_processor(preset: str = "tiny-random", seed: int = 0, **
     processor = sphinx_x.SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.generation_config = generation_config(tokenizer)
     return model, processor
+
+
+def chat_inputs(processor, conversations, **processor_kwargs):
+    """Model inputs for a batch of conversations, with the generation prompt (e.g. `padding=True` for batches)."""
+    return processor.apply_chat_template(
+        conversations,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
+        processor_kwargs=processor_kwargs or None,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -16,23 +16,12 @@ from transformers import (
 
 from sphinx_x.processors.processing_sphinx_x import STOP_STRING
 
-from conftest import make_tiny_model_and_processor
+from conftest import chat_inputs, make_tiny_model_and_processor
 
 
 def conversation(text, image=None):
     content = ([{"type": "image", "image": image}] if image is not None else []) + [{"type": "text", "text": text}]
     return [{"role": "user", "content": content}]
-
-
-def batch_inputs(processor, conversations):
-    return processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs={"padding": True},
-    )
 
 
 def test_batched_generation_equals_single(tiny_model_and_processor):
@@ -42,14 +31,14 @@ def test_batched_generation_equals_single(tiny_model_and_processor):
         conversation("Describe the picture please.", Image.new("RGB", (200, 400), (10, 200, 10))),
         conversation("Hello there"),
     ]
-    batch = batch_inputs(processor, conversations)
+    batch = chat_inputs(processor, conversations, padding=True)
     assert batch["pixel_values"].shape[0] == 2
     assert (batch["attention_mask"][:, -1] == 1).all()  # left padding: every prompt ends at the last column
     assert len(set(batch["attention_mask"].sum(1).tolist())) == 3  # three different prompt lengths
     with torch.no_grad():
         batched = model.generate(**batch, max_new_tokens=6)[:, batch["input_ids"].shape[1] :]
         for row, conv in enumerate(conversations):
-            single = batch_inputs(processor, [conv])
+            single = chat_inputs(processor, [conv], padding=True)
             alone = model.generate(**single, max_new_tokens=6)[0, single["input_ids"].shape[1] :]
             assert batched[row].tolist() == alone.tolist()
 
@@ -75,7 +64,7 @@ def test_generation_stops_at_terminator_and_hides_it(tiny_model_and_processor):
     terminator = tokenizer.encode("@" + STOP_STRING, add_special_tokens=False)[
         len(tokenizer.encode("@", add_special_tokens=False)) :
     ]
-    inputs = batch_inputs(processor, [conversation("Say hello", Image.new("RGB", (64, 64)))])
+    inputs = chat_inputs(processor, [conversation("Say hello", Image.new("RGB", (64, 64)))], padding=True)
     prompt_length = inputs["input_ids"].shape[1]
     forced = LogitsProcessorList([ForceTokens(prompt_length, answer + terminator + answer)])
     with torch.no_grad():
@@ -90,7 +79,7 @@ def test_generation_stops_at_terminator_and_hides_it(tiny_model_and_processor):
 
 def test_generation_stops_at_eos(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    inputs = batch_inputs(processor, [conversation("Hi")])
+    inputs = chat_inputs(processor, [conversation("Hi")], padding=True)
     prompt_length = inputs["input_ids"].shape[1]
     forced = LogitsProcessorList([ForceTokens(prompt_length, [300, processor.tokenizer.eos_token_id, 300])])
     with torch.no_grad():
@@ -103,7 +92,7 @@ def test_images_are_encoded_once_per_generate(tiny_model_and_processor):
     calls = []
     handle = model.model.dinov2.register_forward_hook(lambda module, args, output: calls.append(args[0].shape[0]))
     try:
-        inputs = batch_inputs(processor, [conversation("Describe", Image.new("RGB", (300, 100)))])
+        inputs = chat_inputs(processor, [conversation("Describe", Image.new("RGB", (300, 100)))], padding=True)
         with torch.no_grad():
             model.generate(**inputs, max_new_tokens=5)
     finally:
@@ -113,7 +102,7 @@ def test_images_are_encoded_once_per_generate(tiny_model_and_processor):
 
 def test_streaming_yields_the_generated_text(tiny_model_and_processor):
     model, processor = tiny_model_and_processor
-    inputs = batch_inputs(processor, [conversation("Describe", Image.new("RGB", (100, 300)))])
+    inputs = chat_inputs(processor, [conversation("Describe", Image.new("RGB", (100, 300)))], padding=True)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
     kwargs = dict(**inputs, max_new_tokens=8, streamer=streamer)
     thread = threading.Thread(target=model.generate, kwargs=kwargs)
@@ -142,7 +131,9 @@ def test_bfloat16_inference(converted_dir, fixture_dir):
     model16 = AutoModelForImageTextToText.from_pretrained(converted_dir, dtype=torch.bfloat16).eval()
     assert model16.dtype == torch.bfloat16
     processor = AutoProcessor.from_pretrained(converted_dir)
-    inputs = batch_inputs(processor, [conversation("Describe", str(fixture_dir / "inputs" / "synthetic_640x320.png"))])
+    inputs = chat_inputs(
+        processor, [conversation("Describe", str(fixture_dir / "inputs" / "synthetic_640x320.png"))], padding=True
+    )
     with torch.no_grad():
         logits32 = model32(**inputs).logits[0, -1]
         logits16 = model16(**inputs).logits[0, -1]
@@ -158,7 +149,9 @@ def test_training_step_with_gradient_checkpointing():
     model, processor = make_tiny_model_and_processor()
     model.train()
     model.activation_checkpointing_enable()
-    inputs = batch_inputs(processor, [conversation("Describe", Image.new("RGB", (300, 100), (5, 90, 200)))])
+    inputs = chat_inputs(
+        processor, [conversation("Describe", Image.new("RGB", (300, 100), (5, 90, 200)))], padding=True
+    )
     labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == processor.image_token_id, -100)
     loss = model(**inputs, labels=labels).loss
     loss.backward()
@@ -170,7 +163,7 @@ def test_training_step_with_gradient_checkpointing():
 
 def test_mixtral_router_logits_and_aux_loss():
     model, processor = make_tiny_model_and_processor("tiny-random-moe")
-    inputs = batch_inputs(processor, [conversation("Describe", Image.new("RGB", (200, 200)))])
+    inputs = chat_inputs(processor, [conversation("Describe", Image.new("RGB", (200, 200)))], padding=True)
     outputs = model(**inputs, labels=inputs["input_ids"], output_router_logits=True)
     text_config = model.config.text_config
     assert len(outputs.router_logits) == text_config.num_hidden_layers
@@ -190,7 +183,7 @@ def test_save_and_reload_round_trip(tmp_path):
     reloaded = AutoModelForImageTextToText.from_pretrained(tmp_path).eval()
     reprocessor = AutoProcessor.from_pretrained(tmp_path)
     assert reprocessor.image_processor.skip_padded_tiles and reprocessor.image_processor.tokens_per_view == 259
-    inputs = batch_inputs(reprocessor, [conversation("Describe", Image.new("RGB", (300, 100)))])
+    inputs = chat_inputs(reprocessor, [conversation("Describe", Image.new("RGB", (300, 100)))], padding=True)
     with torch.no_grad():
         assert torch.equal(model(**inputs).logits, reloaded(**inputs).logits)
     assert reloaded.generation_config.stop_token_sequences == model.generation_config.stop_token_sequences
@@ -200,6 +193,8 @@ def test_save_and_reload_round_trip(tmp_path):
 def test_cuda_bfloat16_generation(converted_dir, fixture_dir):
     model = AutoModelForImageTextToText.from_pretrained(converted_dir, dtype=torch.bfloat16, device_map="cuda")
     processor = AutoProcessor.from_pretrained(converted_dir)
-    inputs = batch_inputs(processor, [conversation("Describe", str(fixture_dir / "inputs" / "synthetic_640x320.png"))])
+    inputs = chat_inputs(
+        processor, [conversation("Describe", str(fixture_dir / "inputs" / "synthetic_640x320.png"))], padding=True
+    )
     output = model.generate(**inputs.to("cuda"), max_new_tokens=4)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 4

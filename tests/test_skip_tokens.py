@@ -8,7 +8,7 @@ import PIL.Image
 import pytest
 import torch
 
-from conftest import make_tiny_model_and_processor
+from conftest import chat_inputs, make_tiny_model_and_processor
 
 
 TOKENS_PER_VIEW = 259
@@ -22,17 +22,6 @@ def random_image(width: int, height: int, seed: int = 0) -> PIL.Image.Image:
 
 def conversation(image, text: str = "Describe the image."):
     return [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}]
-
-
-def chat_inputs(processor, conversations, **processor_kwargs):
-    return processor.apply_chat_template(
-        conversations,
-        add_generation_prompt=True,
-        tokenize=True,
-        return_dict=True,
-        return_tensors="pt",
-        processor_kwargs=processor_kwargs or None,
-    )
 
 
 def expected_positions(tile_mask) -> int:
