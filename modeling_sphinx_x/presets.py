@@ -157,8 +157,9 @@ SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": Tr
 
 
 def demo_encoders() -> dict:
-    """The embedded demo model's experts: small, trainable from scratch on a CPU, 8x8 token grids (67 per view)."""
-    return small_encoders([32, 64, 128, 192], [1, 1, 2, 1], 256, 128, 3, 4, 112)
+    """The embedded demo model's experts: small, trainable from scratch on a CPU, at the native resolution of its
+    128-px tiles (ConvNeXt) and 4x4 token grids (19 positions per view)."""
+    return small_encoders([32, 64, 128, 192], [1, 1, 2, 1], 128, 128, 3, 4, 56)
 
 
 PRESETS = {
@@ -212,11 +213,11 @@ PRESETS = {
         "image_grid": [2, 2],
         "use_skip_tokens": False,
     },
-    # The embedded demo model (`sphinx-x chat` without --model): a 512 px canvas of 2x2 tiles, ~5 M parameters.
+    # The embedded demo model (`sphinx-x chat` without --model): a 256 px canvas of 2x2 tiles, ~5 M parameters.
     "sphinx-x-demo": lambda: {
         "text_config": llama(256, 768, 4, 4, 4, vocab=512),
         **demo_encoders(),
-        "tile_size": 256,
+        "tile_size": 128,
         "image_grid": [2, 2],
         "use_skip_tokens": True,
     },

@@ -336,3 +336,30 @@ def test_family_sizes_draw_every_task():
                           "som_relation", "som_extreme", "som_label", "grounding_rec", "grounding_reg"}
     assert sum(tasks.values()) == 80 and list(splits["heldout"]["task"]) == ["ocr_table", "ocr_table"]
     assert json.loads(splits["heldout"][0]["details"])["cells"]
+
+
+def test_multi_turn_samples_ask_more_questions_about_the_same_image():
+    """`turns` keeps the first turn (image and all) and adds distinct questions whose answers follow the drawing."""
+    for index in range(10):
+        for task in ("som_color", "grounding_rec"):
+            single, multi = generate_sample(task, index), generate_sample(task, index, turns=4)
+            assert (single.question, single.answer) == (multi.question, multi.answer) and not single.follow_ups
+            assert np.array_equal(pixels(single), pixels(multi))
+            questions = [multi.question] + [question for question, _ in multi.follow_ups]
+            assert len(set(questions)) == len(questions) <= 4
+            for question, answer in multi.follow_ups:
+                if task == "som_color":
+                    mark = int(question.removeprefix("What color is the shape labeled ").removesuffix("?"))
+                    assert answer == next(item["color"] for item in multi.objects if item["mark"] == mark)
+                else:
+                    (grounding,) = parse_boxes(answer)
+                    box = box_to_pixels(grounding.boxes[0], *multi.image.size, "top_left")
+                    target = max(multi.objects, key=lambda item: box_iou(box, item["box"]))
+                    assert box_iou(box, target["box"]) > 0.75
+                    expression = question.removeprefix(REC_PROMPT.split("{")[0]).removesuffix(".")
+                    assert_expression_is_unique(expression, target, multi.objects)
+    assert sum(len(generate_sample("som_color", index, turns=4).follow_ups) for index in range(10)) >= 15
+
+    row = build_dataset({"som_color": 1}, turns=3)[0]
+    roles = [message["role"] for message in row["messages"]]
+    assert roles == ["user", "assistant"] * 3 and [part["type"] for part in row["messages"][2]["content"]] == ["text"]

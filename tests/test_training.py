@@ -77,14 +77,17 @@ def test_every_sft_config_field_is_accepted_and_unknown_keys_are_refused(tmp_pat
     assert isinstance(config, SFTConfig)
     assert (config.max_length, config.warmup_steps, config.use_cpu) == (2048, 7, True)
 
-    # YAML reads exponents as floats; labels follow the reference unless the recipe says otherwise.
+    # YAML reads exponents as floats and `no` as a word (YAML 1.2); labels follow the reference unless the recipe
+    # says otherwise.
     path = tmp_path / "recipe.yaml"
     path.write_text(f"model: {{path: m}}\ndata: {{train: d.yaml}}\nsft: {{output_dir: {tmp_path}, use_cpu: true, "
-                    "learning_rate: 2e-5}\n")
+                    "learning_rate: 2e-5, save_strategy: no}\n")
     config = load_recipe(path).sft_config()
-    assert config.learning_rate == 2e-5 and config.assistant_only_loss
-    overridden = load_recipe(path, parse_overrides(["sft.learning_rate=1e-3", "sft.assistant_only_loss=false"]))
+    assert config.learning_rate == 2e-5 and config.assistant_only_loss and config.save_strategy == "no"
+    overridden = load_recipe(path, parse_overrides(["sft.learning_rate=1e-3", "sft.assistant_only_loss=false",
+                                                    "sft.eval_strategy=no"]))
     assert overridden.sft_config().learning_rate == 1e-3 and not overridden.sft_config().assistant_only_loss
+    assert overridden.sft_config().eval_strategy == "no"
 
     with pytest.raises(RecipeError, match=r"'learning_rat' \(did you mean 'learning_rate'\?\).*Valid keys:.*max_len"):
         parse_recipe({**base, "sft": {"learning_rat": 1e-4}})

@@ -43,9 +43,17 @@ class RecipeError(ValueError):
 
 
 class RecipeLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `2e-5` as a string; recipes mean the float, as YAML 1.2 and JSON do."""
+    """Scalars as YAML 1.2 and JSON read them: YAML 1.1 reads `2e-5` as a string and `no` / `on` as booleans, where
+    recipes mean the float and the words (`save_strategy: no`)."""
 
 
+RecipeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+RecipeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
 RecipeLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),

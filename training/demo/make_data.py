@@ -9,9 +9,11 @@ from pathlib import Path
 from ..synthetic.dataset import make_mixture
 
 
-# The evaluated skills (Set-of-Mark colours, 4-character codes, grounding) dominate; the other synthetic tasks keep
-# the answers varied.
-TRAIN_SIZES = {"som_color": 12000, "ocr_code": 12000, "grounding_rec": 12000, "set_of_mark": 2000, "ocr": 2000}
+# The evaluated skills (Set-of-Mark colours, 4-character codes, grounding) dominate; shape questions and words keep
+# the answers varied. Set-of-Mark and grounding images carry up to TURNS questions each: the encoders then get
+# several answers' worth of gradient per encoded image, which is what makes a from-scratch CPU run affordable.
+TRAIN_SIZES = {"som_color": 14000, "ocr_code": 14000, "grounding_rec": 12000, "som_shape": 3000, "ocr_word": 3000}
+TURNS = 4
 HELDOUT_SIZES = {"som_color": 200, "ocr_code": 200, "grounding_rec": 200}
 
 
@@ -19,9 +21,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for train.parquet and heldout.parquet")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-side", type=int, default=512)
+    parser.add_argument("--max-side", type=int, default=384, help="longest image side (the demo canvas is 256 px)")
     args = parser.parse_args(argv)
-    splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side)
+    splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         split.to_parquet(args.out / f"{name}.parquet")

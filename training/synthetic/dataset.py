@@ -28,11 +28,12 @@ SPLITS = ("train", "heldout")
 DEFAULT_TRAIN_SIZES = {"ocr": 4000, "set_of_mark": 3000, "grounding": 3000}
 DEFAULT_HELDOUT_SIZES = {"ocr_code": 200, "ocr_receipt": 100, "som_color": 200, "som_shape": 100, "grounding_rec": 200}
 
-# messages: the chat (user: image + question, assistant: answer); images: one PNG; task: e.g. "ocr_code";
-# question / answer: the texts of the chat, the answer exact for scoring; width / height: image pixels;
-# objects: what was drawn (text lines, or shapes with colour and mark), boxes `[x1, y1, x2, y2]` in pixels;
-# target_box: the pixel box a grounding answer encodes ([] otherwise); details: task facts as JSON (receipt items,
-# table cells, the mark asked about, the expression, ...); sample_id: "{seed}/{split}/{key}/{index}".
+# messages: the chat (user: image + question, assistant: answer, then any follow-up turns); images: one PNG;
+# task: e.g. "ocr_code"; question / answer: the texts of the first turn, the answer exact for scoring;
+# width / height: image pixels; objects: what was drawn (text lines, or shapes with colour and mark), boxes
+# `[x1, y1, x2, y2]` in pixels; target_box: the pixel box a grounding answer encodes ([] otherwise); details: task
+# facts as JSON (receipt items, table cells, the mark asked about, the expression, ...);
+# sample_id: "{seed}/{split}/{key}/{index}".
 FEATURES = Features({
     "messages": List({"role": Value("string"), "content": List({"type": Value("string"), "text": Value("string")})}),
     "images": List(Image()),
@@ -55,7 +56,7 @@ FEATURES = Features({
 
 
 def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", max_side: int = 512,
-                    placement: str = "top_left") -> Sample:
+                    placement: str = "top_left", turns: int = 1) -> Sample:
     """Sample `index` of `key`: a family of `FAMILIES` (tasks drawn by their weights) or one task of a family.
 
     Args:
@@ -64,6 +65,8 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
         max_side (`int`): longest image side in pixels, at least `MIN_MAX_SIDE` (long sides are drawn in
             `[0.75, 1] * max_side`).
         placement (`str`): how grounding boxes are normalised, "top_left" (SPHINX-X) or "center" (released SPHINX).
+        turns (`int`): Set-of-Mark and grounding samples ask up to this many questions on one image (a multi-turn
+            conversation: more supervision per encoded image); OCR samples ask one.
     """
     if max_side < MIN_MAX_SIDE:
         raise ValueError(f"max_side must be at least {MIN_MAX_SIDE} for legible receipts and tables, got {max_side}.")
@@ -79,16 +82,23 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
     if family == "ocr":
         return ocr_sample(rng, task, split=split, max_side=max_side)
     if family == "set_of_mark":
-        return set_of_mark_sample(rng, task, max_side=max_side)
-    return grounding_sample(rng, task, max_side=max_side, placement=placement)
+        return set_of_mark_sample(rng, task, max_side=max_side, turns=turns)
+    return grounding_sample(rng, task, max_side=max_side, placement=placement, turns=turns)
 
 
-def chat_messages(question: str, answer: str) -> list[dict]:
-    """One user turn (the image, then the question) and the assistant's answer."""
-    return [
+def chat_messages(question: str, answer: str, follow_ups: list[tuple[str, str]] = ()) -> list[dict]:
+    """The first user turn (the image, then the question) and the assistant's answer, then one user and one
+    assistant turn per follow-up `(question, answer)`."""
+    messages = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
     ]
+    for follow_up, reply in follow_ups:
+        messages += [
+            {"role": "user", "content": [{"type": "text", "text": follow_up}]},
+            {"role": "assistant", "content": [{"type": "text", "text": reply}]},
+        ]
+    return messages
 
 
 def png_chunk(tag: bytes, data: bytes) -> bytes:
@@ -115,7 +125,7 @@ def encode_png(image: PIL.Image.Image) -> bytes:
 def to_row(sample: Sample, sample_id: str) -> dict:
     """A dataset row (see `FEATURES`) with the image already PNG-encoded."""
     return {
-        "messages": chat_messages(sample.question, sample.answer),
+        "messages": chat_messages(sample.question, sample.answer, sample.follow_ups),
         "images": [{"bytes": encode_png(sample.image), "path": None}],
         "task": sample.task,
         "question": sample.question,
@@ -130,8 +140,9 @@ def to_row(sample: Sample, sample_id: str) -> dict:
 
 
 def build_dataset(sizes: dict[str, int], seed: int = 0, split: str = "train", max_side: int = 512,
-                  placement: str = "top_left", shuffle: bool = False) -> Dataset:
-    """A `Dataset` with `sizes[key]` samples of each key (family or task, see `generate_sample`).
+                  placement: str = "top_left", shuffle: bool = False, turns: int = 1) -> Dataset:
+    """A `Dataset` with `sizes[key]` samples of each key (family or task, see `generate_sample`, which also explains
+    `turns`).
 
     Rows come grouped by key in the order of `sizes`, or in an order shuffled by `seed` with `shuffle`. A row's
     `sample_id` is `"{seed}/{split}/{key}/{index}"`, from which `generate_sample` rebuilds it.
@@ -140,14 +151,14 @@ def build_dataset(sizes: dict[str, int], seed: int = 0, split: str = "train", ma
     if shuffle:
         random.Random(f"sphinx-x-synthetic/{seed}/{split}/order").shuffle(jobs)
     rows = [
-        to_row(generate_sample(key, index, seed, split, max_side, placement), f"{seed}/{split}/{key}/{index}")
+        to_row(generate_sample(key, index, seed, split, max_side, placement, turns), f"{seed}/{split}/{key}/{index}")
         for key, index in jobs
     ]
     return Dataset.from_list(rows, features=FEATURES)
 
 
 def make_mixture(seed: int = 0, sizes: dict[str, int] | None = None, heldout_sizes: dict[str, int] | None = None,
-                 max_side: int = 512, placement: str = "top_left") -> DatasetDict:
+                 max_side: int = 512, placement: str = "top_left", turns: int = 1) -> DatasetDict:
     """Train and held-out splits (`DatasetDict` with "train", shuffled, and "heldout", grouped by key).
 
     Args:
@@ -157,10 +168,12 @@ def make_mixture(seed: int = 0, sizes: dict[str, int] | None = None, heldout_siz
             Set-of-Mark colour and shape accuracy, grounding IoU).
         max_side (`int`): longest image side; the processor resizes every image to its canvas anyway.
         placement (`str`): box normalisation for grounding answers, "top_left" (SPHINX-X) or "center".
+        turns (`int`): questions per training image (see `generate_sample`); held-out samples ask one.
     """
     options = {"seed": seed, "max_side": max_side, "placement": placement}
+    train_sizes = DEFAULT_TRAIN_SIZES if sizes is None else sizes
     return DatasetDict({
-        "train": build_dataset(DEFAULT_TRAIN_SIZES if sizes is None else sizes, split="train", shuffle=True, **options),
+        "train": build_dataset(train_sizes, split="train", shuffle=True, turns=turns, **options),
         "heldout": build_dataset(DEFAULT_HELDOUT_SIZES if heldout_sizes is None else heldout_sizes, split="heldout",
                                  **options),
     })

@@ -36,14 +36,26 @@ def referring_expressions(regions: list, target: int) -> list[str]:
     return expressions
 
 
+def ask(task: str, rng: random.Random, regions: list, target: int, size: tuple[int, int], placement: str):
+    """`(question, answer, expression)` about `regions[target]`: REC asks for the box of a random valid expression,
+    REG for the most specific expression of the box."""
+    expressions = referring_expressions(regions, target)
+    box_text = format_box(regions[target].box, *size, placement)
+    if task == "grounding_rec":
+        expression = rng.choice(expressions)
+        return REC_PROMPT.format(expression), box_text, expression
+    return REG_PROMPT.format(box_text), expressions[0], expressions[0]
+
+
 def grounding_sample(rng: random.Random, task: str | None = None, max_side: int = 512,
-                     placement: str = "top_left") -> Sample:
+                     placement: str = "top_left", turns: int = 1) -> Sample:
     """One grounding sample of `task` (one of `GROUNDING_TASKS`; drawn by its weight when `None`).
 
     REC: the question carries a random valid expression and the answer is the target's box, `[x1,y1,x2,y2]`
     normalised for `placement` ("top_left" for SPHINX-X, "center" for released SPHINX checkpoints). REG: the
     question carries the box and the answer is the most specific expression, so one box has one answer. A third
-    of the scenes repeat a colour and shape, which calls for "on the left" and the like.
+    of the scenes repeat a colour and shape, which calls for "on the left" and the like. With `turns` > 1, the same
+    question about up to `turns - 1` other shapes follows the first.
     """
     task = task or choose(rng, GROUNDING_TASKS)
     for _ in range(MAX_ATTEMPTS):
@@ -54,14 +66,13 @@ def grounding_sample(rng: random.Random, task: str | None = None, max_side: int 
         if not expressions:
             continue
         box = regions[target].box
-        box_text = format_box(box, image.width, image.height, placement)
-        if task == "grounding_rec":
-            expression = rng.choice(expressions)
-            question, answer = REC_PROMPT.format(expression), box_text
-        else:
-            expression = expressions[0]
-            question, answer = REG_PROMPT.format(box_text), expression
+        question, answer, expression = ask(task, rng, regions, target, image.size, placement)
+        follow_ups = []
+        for other in range(1, len(regions)):
+            if len(follow_ups) < turns - 1 and referring_expressions(regions, other):
+                follow_ups.append(ask(task, rng, regions, other, image.size, placement)[:2])
         objects = [drawn_object(r.box, shape=r.shape, color=r.color) for r in regions]
         details = {"expression": expression, "placement": placement}
-        return Sample(image, task, question, answer, objects, target_box=[float(v) for v in box], details=details)
+        return Sample(image, task, question, answer, objects, target_box=[float(v) for v in box], details=details,
+                      follow_ups=follow_ups)
     raise RuntimeError(f"No scene for a clear-cut {task} question in {MAX_ATTEMPTS} attempts at max_side={max_side}.")

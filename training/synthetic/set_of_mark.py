@@ -54,9 +54,10 @@ def ask(task: str, rng: random.Random, regions: list, marks: list[int]):
     return f"Which label is on the {color} {shape}?", str(marks[target]), {"mark": marks[target]}
 
 
-def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: int = 512) -> Sample:
+def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: int = 512, turns: int = 1) -> Sample:
     """One Set-of-Mark sample of `task` (one of `SOM_TASKS`; drawn by its weight when `None`): 2-6 shapes, each
-    labelled with a distinct number from 1, in shuffled order."""
+    labelled with a distinct number from 1, in shuffled order. With `turns` > 1, up to `turns - 1` more distinct
+    questions of the same kind on the same scene follow the first."""
     task = task or choose(rng, SOM_TASKS)
     for _ in range(MAX_ATTEMPTS):
         image, regions = make_scene(rng, max_side, count_range=(2, 6))
@@ -67,6 +68,11 @@ def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: in
         for region, mark in zip(regions, marks):
             draw_mark(image, region, mark)
         question, answer, details = asked
+        follow_ups = []
+        for _ in range(4 * (turns - 1)):
+            more = ask(task, rng, regions, marks)
+            if len(follow_ups) < turns - 1 and more and more[0] != question and more[0] not in dict(follow_ups):
+                follow_ups.append(more[:2])
         objects = [drawn_object(r.box, shape=r.shape, color=r.color, mark=m) for r, m in zip(regions, marks)]
-        return Sample(image, task, question, answer, objects, details=details)
+        return Sample(image, task, question, answer, objects, details=details, follow_ups=follow_ups)
     raise RuntimeError(f"No scene for a clear-cut {task} question in {MAX_ATTEMPTS} attempts at max_side={max_side}.")
