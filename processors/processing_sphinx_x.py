@@ -66,6 +66,11 @@ class SphinxXProcessor(ProcessorMixin):
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == tokenizer.unk_token_id:
             raise ValueError("The tokenizer has no `<image>` token; add it with `tokenizer.add_special_tokens`.")
+        # Generation needs left padding. A tokenizer's own side outranks the processor's defaults when merging call
+        # arguments, and a reloaded tokenizer comes back right-padded unless its config says otherwise (training
+        # libraries also switch it); callers that want right padding (TRL's collator) ask for it in the call.
+        tokenizer.padding_side = "left"
+        tokenizer.init_kwargs["padding_side"] = "left"
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
         fillers = "|".join(re.escape(token) for token in {tokenizer.pad_token, tokenizer.eos_token} if token)
         self._trailing_stop = re.compile(re.escape(STOP_STRING) + rf"(?:\s|{fillers})*$")

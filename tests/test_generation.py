@@ -1,5 +1,6 @@
 """Generation as users run it: batching with left padding, the stop string, streaming, the pipeline, bf16."""
 
+import copy
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from transformers import (
     pipeline,
 )
 
+from sphinx_x.processors import SphinxXProcessor
 from sphinx_x.processors.processing_sphinx_x import STOP_STRING
 
 from conftest import chat_inputs, make_tiny_model_and_processor
@@ -198,3 +200,16 @@ def test_cuda_bfloat16_generation(converted_dir, fixture_dir):
     )
     output = model.generate(**inputs.to("cuda"), max_new_tokens=4)
     assert output.shape[1] == inputs["input_ids"].shape[1] + 4
+
+
+def test_a_reloaded_processor_pads_on_the_left(tiny_model_and_processor, tmp_path):
+    """A processor saved after training still pads for generation. TRL's collator pads on the right, which the
+    tokenizer backend keeps and `tokenizer.json` saves; a reloaded tokenizer then pads on the right by default."""
+    processor = copy.deepcopy(tiny_model_and_processor[1])
+    processor(text=["a b c d", "b"], padding=True, padding_side="right")  # as TRL's collator calls it
+    processor.save_pretrained(tmp_path)
+    for reloaded in (SphinxXProcessor.from_pretrained(tmp_path), AutoProcessor.from_pretrained(tmp_path)):
+        batch = chat_inputs(reloaded, [conversation("Hi"), conversation("A longer question than that")], padding=True)
+        assert (batch["attention_mask"][:, -1] == 1).all() and not batch["attention_mask"][:, 0].all()
+        right = reloaded(text=["a b c d", "b"], padding=True, padding_side="right")
+        assert right["attention_mask"][1][-1] == 0
