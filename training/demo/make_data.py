@@ -14,6 +14,7 @@ from ..synthetic.dataset import make_mixture
 # several answers' worth of gradient per encoded image, which is what makes a from-scratch CPU run affordable.
 TRAIN_SIZES = {"som_color": 14000, "ocr_code": 14000, "grounding_rec": 12000, "som_shape": 3000, "ocr_word": 3000}
 TURNS = 4
+MAX_SIDE = 384  # longest image side; the demo canvas is 256 px
 HELDOUT_SIZES = {"som_color": 200, "ocr_code": 200, "grounding_rec": 200}
 
 
@@ -21,7 +22,7 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path, help="folder for train.parquet and heldout.parquet")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max-side", type=int, default=384, help="longest image side (the demo canvas is 256 px)")
+    parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="longest image side")
     args = parser.parse_args(argv)
     splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS)
     args.out.mkdir(parents=True, exist_ok=True)
