@@ -363,3 +363,14 @@ def test_multi_turn_samples_ask_more_questions_about_the_same_image():
     row = build_dataset({"som_color": 1}, turns=3)[0]
     roles = [message["role"] for message in row["messages"]]
     assert roles == ["user", "assistant"] * 3 and [part["type"] for part in row["messages"][2]["content"]] == ["text"]
+
+
+def test_single_shape_scenes():
+    """Training scenes may hold one shape (make_data's easy end); its questions and boxes still follow the drawing."""
+    for index in range(10):
+        som = generate_sample("som_color", index, shape_count=(1, 1))
+        assert [item["mark"] for item in som.objects] == [1] and som.answer == som.objects[0]["color"]
+        grounding = generate_sample("grounding_rec", index, shape_count=(1, 1))
+        (parsed,) = parse_boxes(grounding.answer)
+        box = box_to_pixels(parsed.boxes[0], *grounding.image.size, "top_left")
+        assert len(grounding.objects) == 1 and box_iou(box, grounding.objects[0]["box"]) > 0.75

@@ -14,6 +14,9 @@ from ..synthetic.dataset import make_mixture
 # several answers' worth of gradient per encoded image, which is what makes a from-scratch CPU run affordable.
 TRAIN_SIZES = {"som_color": 14000, "ocr_code": 14000, "grounding_rec": 12000, "som_shape": 3000, "ocr_word": 3000}
 TURNS = 4
+# Training scenes start at one shape: there every image position shows the answer's colour, so the language model
+# learns to read the image before it must find one mark among six (held-out scenes keep 2-6 shapes).
+TRAIN_SHAPE_COUNT = (1, 6)
 MAX_SIDE = 384  # longest image side; the demo canvas is 256 px
 HELDOUT_SIZES = {"som_color": 200, "ocr_code": 200, "grounding_rec": 200}
 
@@ -24,7 +27,8 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="longest image side")
     args = parser.parse_args(argv)
-    splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS)
+    splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS,
+                          train_shape_count=TRAIN_SHAPE_COUNT)
     args.out.mkdir(parents=True, exist_ok=True)
     for name, split in splits.items():
         split.to_parquet(args.out / f"{name}.parquet")

@@ -56,7 +56,7 @@ FEATURES = Features({
 
 
 def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", max_side: int = 512,
-                    placement: str = "top_left", turns: int = 1) -> Sample:
+                    placement: str = "top_left", turns: int = 1, shape_count: tuple[int, int] = (2, 6)) -> Sample:
     """Sample `index` of `key`: a family of `FAMILIES` (tasks drawn by their weights) or one task of a family.
 
     Args:
@@ -67,6 +67,8 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
         placement (`str`): how grounding boxes are normalised, "top_left" (SPHINX-X) or "center" (released SPHINX).
         turns (`int`): Set-of-Mark and grounding samples ask up to this many questions on one image (a multi-turn
             conversation: more supervision per encoded image); OCR samples ask one.
+        shape_count (`tuple[int, int]`): how many shapes Set-of-Mark and grounding scenes draw from (fewer where
+            they do not fit).
     """
     if max_side < MIN_MAX_SIDE:
         raise ValueError(f"max_side must be at least {MIN_MAX_SIDE} for legible receipts and tables, got {max_side}.")
@@ -82,8 +84,8 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
     if family == "ocr":
         return ocr_sample(rng, task, split=split, max_side=max_side)
     if family == "set_of_mark":
-        return set_of_mark_sample(rng, task, max_side=max_side, turns=turns)
-    return grounding_sample(rng, task, max_side=max_side, placement=placement, turns=turns)
+        return set_of_mark_sample(rng, task, max_side=max_side, turns=turns, shape_count=shape_count)
+    return grounding_sample(rng, task, max_side=max_side, placement=placement, turns=turns, shape_count=shape_count)
 
 
 def chat_messages(question: str, answer: str, follow_ups: list[tuple[str, str]] = ()) -> list[dict]:
@@ -140,9 +142,10 @@ def to_row(sample: Sample, sample_id: str) -> dict:
 
 
 def build_dataset(sizes: dict[str, int], seed: int = 0, split: str = "train", max_side: int = 512,
-                  placement: str = "top_left", shuffle: bool = False, turns: int = 1) -> Dataset:
+                  placement: str = "top_left", shuffle: bool = False, turns: int = 1,
+                  shape_count: tuple[int, int] = (2, 6)) -> Dataset:
     """A `Dataset` with `sizes[key]` samples of each key (family or task, see `generate_sample`, which also explains
-    `turns`).
+    `turns` and `shape_count`).
 
     Rows come grouped by key in the order of `sizes`, or in an order shuffled by `seed` with `shuffle`. A row's
     `sample_id` is `"{seed}/{split}/{key}/{index}"`, from which `generate_sample` rebuilds it.
@@ -151,14 +154,16 @@ def build_dataset(sizes: dict[str, int], seed: int = 0, split: str = "train", ma
     if shuffle:
         random.Random(f"sphinx-x-synthetic/{seed}/{split}/order").shuffle(jobs)
     rows = [
-        to_row(generate_sample(key, index, seed, split, max_side, placement, turns), f"{seed}/{split}/{key}/{index}")
+        to_row(generate_sample(key, index, seed, split, max_side, placement, turns, shape_count),
+               f"{seed}/{split}/{key}/{index}")
         for key, index in jobs
     ]
     return Dataset.from_list(rows, features=FEATURES)
 
 
 def make_mixture(seed: int = 0, sizes: dict[str, int] | None = None, heldout_sizes: dict[str, int] | None = None,
-                 max_side: int = 512, placement: str = "top_left", turns: int = 1) -> DatasetDict:
+                 max_side: int = 512, placement: str = "top_left", turns: int = 1,
+                 train_shape_count: tuple[int, int] = (2, 6)) -> DatasetDict:
     """Train and held-out splits (`DatasetDict` with "train", shuffled, and "heldout", grouped by key).
 
     Args:
@@ -169,11 +174,13 @@ def make_mixture(seed: int = 0, sizes: dict[str, int] | None = None, heldout_siz
         max_side (`int`): longest image side; the processor resizes every image to its canvas anyway.
         placement (`str`): box normalisation for grounding answers, "top_left" (SPHINX-X) or "center".
         turns (`int`): questions per training image (see `generate_sample`); held-out samples ask one.
+        train_shape_count (`tuple[int, int]`): shapes per training scene; held-out scenes have 2-6.
     """
     options = {"seed": seed, "max_side": max_side, "placement": placement}
     train_sizes = DEFAULT_TRAIN_SIZES if sizes is None else sizes
     return DatasetDict({
-        "train": build_dataset(train_sizes, split="train", shuffle=True, turns=turns, **options),
+        "train": build_dataset(train_sizes, split="train", shuffle=True, turns=turns, shape_count=train_shape_count,
+                               **options),
         "heldout": build_dataset(DEFAULT_HELDOUT_SIZES if heldout_sizes is None else heldout_sizes, split="heldout",
                                  **options),
     })

@@ -48,7 +48,7 @@ def ask(task: str, rng: random.Random, regions: list, target: int, size: tuple[i
 
 
 def grounding_sample(rng: random.Random, task: str | None = None, max_side: int = 512,
-                     placement: str = "top_left", turns: int = 1) -> Sample:
+                     placement: str = "top_left", turns: int = 1, shape_count: tuple[int, int] = (2, 6)) -> Sample:
     """One grounding sample of `task` (one of `GROUNDING_TASKS`; drawn by its weight when `None`).
 
     REC: the question carries a random valid expression and the answer is the target's box, `[x1,y1,x2,y2]`
@@ -59,7 +59,7 @@ def grounding_sample(rng: random.Random, task: str | None = None, max_side: int 
     """
     task = task or choose(rng, GROUNDING_TASKS)
     for _ in range(MAX_ATTEMPTS):
-        image, regions = make_scene(rng, max_side, count_range=(2, 6), twin_probability=0.35)
+        image, regions = make_scene(rng, max_side, count_range=shape_count, twin_probability=0.35)
         # Regions come in random cell order, so the first is a random shape; it is the one a twin copies.
         target = 0
         expressions = referring_expressions(regions, target)

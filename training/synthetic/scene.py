@@ -108,24 +108,25 @@ def grid_for(width: int, height: int, cells: int) -> tuple[int, int]:
 
 
 def make_scene(rng: random.Random, max_side: int, count_range: tuple[int, int] = (3, 6), twin_probability: float = 0.0):
-    """An image of `max_side` or less (any layout, see `sample_size`) with 2+ non-overlapping shapes.
+    """An image of `max_side` or less (any layout, see `sample_size`) with non-overlapping shapes.
 
     Returns `(image, regions)`. The number of shapes is drawn from `count_range` and lowered until every shape can
-    be at least `MIN_SHAPE_SIDE` pixels. Colours and shapes are drawn independently, so repeats happen; with
-    `twin_probability` the second shape copies the first one's colour and shape (grounding then needs "on the left").
+    be at least `MIN_SHAPE_SIDE` pixels, never below 2 once above it. Colours and shapes are drawn independently, so
+    repeats happen; with `twin_probability` the second shape copies the first one's colour and shape (grounding then
+    needs "on the left").
     """
     width, height = size = sample_size(rng, max_side)
     count = rng.randint(*count_range)
     while True:
         rows, cols = grid_for(width, height, count + rng.randint(0, count // 2))
         cell_width, cell_height = width / cols, height / rows
-        if min(cell_width, cell_height) * 0.9 >= MIN_SHAPE_SIDE or count == 2:
+        if min(cell_width, cell_height) * 0.9 >= MIN_SHAPE_SIDE or count <= 2:
             break
         count -= 1
     image = background(rng, size, tuple(rng.randint(225, 255) for _ in range(3)))
     draw = PIL.ImageDraw.Draw(image)
     looks = [(rng.choice(SHAPES), rng.choice(list(COLORS))) for _ in range(count)]
-    if rng.random() < twin_probability:
+    if count > 1 and rng.random() < twin_probability:
         looks[1] = looks[0]
     regions = []
     for cell, (shape, color) in zip(rng.sample(range(rows * cols), count), looks):

@@ -54,13 +54,14 @@ def ask(task: str, rng: random.Random, regions: list, marks: list[int]):
     return f"Which label is on the {color} {shape}?", str(marks[target]), {"mark": marks[target]}
 
 
-def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: int = 512, turns: int = 1) -> Sample:
-    """One Set-of-Mark sample of `task` (one of `SOM_TASKS`; drawn by its weight when `None`): 2-6 shapes, each
-    labelled with a distinct number from 1, in shuffled order. With `turns` > 1, up to `turns - 1` more distinct
+def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: int = 512, turns: int = 1,
+                       shape_count: tuple[int, int] = (2, 6)) -> Sample:
+    """One Set-of-Mark sample of `task` (one of `SOM_TASKS`; drawn by its weight when `None`): `shape_count` shapes,
+    each labelled with a distinct number from 1, in shuffled order. With `turns` > 1, up to `turns - 1` more distinct
     questions of the same kind on the same scene follow the first."""
     task = task or choose(rng, SOM_TASKS)
     for _ in range(MAX_ATTEMPTS):
-        image, regions = make_scene(rng, max_side, count_range=(2, 6))
+        image, regions = make_scene(rng, max_side, count_range=shape_count)
         marks = rng.sample(range(1, len(regions) + 1), len(regions))
         asked = ask(task, rng, regions, marks)
         if asked is None:
