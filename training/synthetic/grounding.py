@@ -38,8 +38,10 @@ def referring_expressions(regions: list, target: int) -> list[str]:
 
 def ask(task: str, rng: random.Random, regions: list, target: int, size: tuple[int, int], placement: str):
     """`(question, answer, expression)` about `regions[target]`: REC asks for the box of a random valid expression,
-    REG for the most specific expression of the box."""
+    REG for the most specific expression of the box. `None` when no expression singles the shape out."""
     expressions = referring_expressions(regions, target)
+    if not expressions:
+        return None
     box_text = format_box(regions[target].box, *size, placement)
     if task == "grounding_rec":
         expression = rng.choice(expressions)
@@ -62,17 +64,20 @@ def grounding_sample(rng: random.Random, task: str | None = None, max_side: int 
         image, regions = make_scene(rng, max_side, count_range=shape_count, twin_probability=0.35)
         # Regions come in random cell order, so the first is a random shape; it is the one a twin copies.
         target = 0
-        expressions = referring_expressions(regions, target)
-        if not expressions:
+        asked = ask(task, rng, regions, target, image.size, placement)
+        if asked is None:
             continue
-        box = regions[target].box
-        question, answer, expression = ask(task, rng, regions, target, image.size, placement)
+        question, answer, expression = asked
         follow_ups = []
         for other in range(1, len(regions)):
-            if len(follow_ups) < turns - 1 and referring_expressions(regions, other):
-                follow_ups.append(ask(task, rng, regions, other, image.size, placement)[:2])
+            if len(follow_ups) == turns - 1:
+                break
+            more = ask(task, rng, regions, other, image.size, placement)
+            if more is not None:
+                follow_ups.append(more[:2])
         objects = [drawn_object(r.box, shape=r.shape, color=r.color) for r in regions]
         details = {"expression": expression, "placement": placement}
-        return Sample(image, task, question, answer, objects, target_box=[float(v) for v in box], details=details,
+        return Sample(image, task, question, answer, objects, target_box=[float(v) for v in regions[target].box],
+                      details=details,
                       follow_ups=follow_ups)
     raise RuntimeError(f"No scene for a clear-cut {task} question in {MAX_ATTEMPTS} attempts at max_side={max_side}.")

@@ -70,9 +70,11 @@ def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: in
             draw_mark(image, region, mark)
         question, answer, details = asked
         follow_ups = []
-        for _ in range(4 * (turns - 1)):
+        for _ in range(4 * (turns - 1)):  # distinct questions; a few draws repeat one
+            if len(follow_ups) == turns - 1:
+                break
             more = ask(task, rng, regions, marks)
-            if len(follow_ups) < turns - 1 and more and more[0] != question and more[0] not in dict(follow_ups):
+            if more and more[0] not in [question, *dict(follow_ups)]:
                 follow_ups.append(more[:2])
         objects = [drawn_object(r.box, shape=r.shape, color=r.color, mark=m) for r, m in zip(regions, marks)]
         return Sample(image, task, question, answer, objects, details=details, follow_ups=follow_ups)
