@@ -43,7 +43,7 @@ STOP_STRING = "\n###"
 
 
 class SphinxXProcessorKwargs(ProcessingKwargs, total=False):
-    _defaults = {"text_kwargs": {"padding": False, "padding_side": "left"}}
+    _defaults = {"text_kwargs": {"padding": False}}
 
 
 class SphinxXProcessor(ProcessorMixin):
@@ -70,7 +70,6 @@ class SphinxXProcessor(ProcessorMixin):
         # arguments, and a reloaded tokenizer comes back right-padded unless its config says otherwise (training
         # libraries also switch it); callers that want right padding (TRL's collator) ask for it in the call.
         tokenizer.padding_side = "left"
-        tokenizer.init_kwargs["padding_side"] = "left"
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
         fillers = "|".join(re.escape(token) for token in {tokenizer.pad_token, tokenizer.eos_token} if token)
         self._trailing_stop = re.compile(re.escape(STOP_STRING) + rf"(?:\s|{fillers})*$")
