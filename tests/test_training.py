@@ -298,6 +298,39 @@ def test_resume_from_checkpoint_of_a_from_scratch_model(tmp_path):
                            final["model.convnext.model.embeddings.patch_embeddings.weight"])  # encoders train
 
 
+def test_vision_encoders_train_at_their_own_learning_rate(tmp_path):
+    sections = {
+        "model": {"preset": "tiny-random", "tokenizer": str(FIXTURE / "checkpoint"),
+                  "config_overrides": SMALL_GEOMETRY},
+        "data": {"train": {"sources": [write_colour_dataset(tmp_path / "data")]}},
+        "freeze": {"vision_encoders": False, "vision_encoder_learning_rate": 3e-4},
+        "sft": {**CPU_SFT, "output_dir": str(tmp_path / "out"), "max_steps": 3, "per_device_train_batch_size": 2,
+                "learning_rate": 3e-3, "lr_scheduler_type": "linear", "activation_checkpointing": False},
+    }
+    trainer = train_from_recipe(write_recipe(tmp_path, **sections)).trainer
+    model = trainer.model
+    encoder_ids = {id(parameter) for parameter in model.model.convnext.parameters()} | {
+        id(parameter) for parameter in model.model.dinov2.parameters()}
+    trained = {id(parameter) for parameter in model.parameters() if parameter.requires_grad}
+    in_groups = {}
+    for group in trainer.optimizer.param_groups:
+        for parameter in group["params"]:
+            in_groups[id(parameter)] = group["initial_lr"]
+    assert set(in_groups) == trained and encoder_ids <= trained  # every trained tensor once, encoders included
+    assert {in_groups[key] for key in encoder_ids} == {3e-4}
+    assert {lr for key, lr in in_groups.items() if key not in encoder_ids} == {3e-3}
+    ratios = {group["lr"] / group["initial_lr"] for group in trainer.optimizer.param_groups}
+    assert len(ratios) == 1  # one schedule, scaled
+
+
+def test_vision_encoder_learning_rate_needs_trained_encoders():
+    base = {"model": {"path": "m"}, "data": {"train": {"sources": [{"path": "d.json"}]}}, "sft": {"output_dir": "o"}}
+    with pytest.raises(RecipeError, match="vision_encoders: false"):
+        parse_recipe({**base, "freeze": {"vision_encoder_learning_rate": 1e-4}})
+    with pytest.raises(RecipeError, match="must be a number"):
+        parse_recipe({**base, "freeze": {"vision_encoders": False, "vision_encoder_learning_rate": "fast"}})
+
+
 def test_mixtral_router_aux_loss_during_training(tmp_path):
     save_base_model(tmp_path / "base", preset="tiny-random-moe")
     recipe = write_recipe(

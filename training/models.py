@@ -115,12 +115,15 @@ def load_model_and_processor(spec: dict, peft_method: str | None = None):
     return model, processor
 
 
+def vision_encoders(model) -> list[torch.nn.Module]:
+    """The visual experts a SPHINX-X model has (ConvNeXt, DINOv2, and CLIP / Q-Former for SPHINX v1)."""
+    return [encoder for name in VISION_ENCODERS if (encoder := getattr(model.model, name)) is not None]
+
+
 def freeze_vision_encoders(model) -> None:
     """SPHINX-X trains in one stage: projector, image tags, skip token and LLM together; the encoders stay fixed."""
-    for name in VISION_ENCODERS:
-        encoder = getattr(model.model, name)
-        if encoder is not None:
-            encoder.requires_grad_(False)
+    for encoder in vision_encoders(model):
+        encoder.requires_grad_(False)
 
 
 __all__ = [
@@ -132,4 +135,5 @@ __all__ = [
     "load_tokenizer",
     "processor_for",
     "quantization_config",
+    "vision_encoders",
 ]

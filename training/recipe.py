@@ -13,6 +13,7 @@ data:
   eval: {sources: [{path: val.json, root: images/}]}
 freeze:
   vision_encoders: true               # full fine-tuning: train the projector, image tags, skip token and LLM only
+  vision_encoder_learning_rate: 2.0e-6  # with `vision_encoders: false`: the encoders' own peak learning rate
 peft:                                 # optional: `method` (lora | qlora) and any `peft.LoraConfig` field
   method: lora
   r: 16
@@ -33,7 +34,7 @@ import yaml
 SECTIONS = {"model": True, "data": True, "sft": True, "peft": False, "freeze": False}
 MODEL_KEYS = {"path", "preset", "tokenizer", "config_overrides", "dtype", "attn_implementation"}
 DATA_KEYS = {"train", "eval"}
-FREEZE_KEYS = {"vision_encoders"}
+FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 
@@ -126,6 +127,10 @@ class Recipe:
     def train_vision_encoders(self) -> bool:
         return not self.freeze.get("vision_encoders", True)
 
+    @property
+    def vision_encoder_learning_rate(self) -> float | None:
+        return self.freeze.get("vision_encoder_learning_rate")
+
     def sft_config(self):
         """The `SFTConfig` of every key of the `sft` section, as given. Labels follow the reference unless the recipe
         says otherwise: only assistant answers and their terminator (`assistant_only_loss`)."""
@@ -174,6 +179,13 @@ def parse_recipe(content: dict) -> Recipe:
 
     freeze = content.get("freeze") or {}
     check_keys("freeze", freeze, FREEZE_KEYS)
+    if "vision_encoder_learning_rate" in freeze:
+        if freeze.get("vision_encoders", True) is not False:
+            raise RecipeError("`freeze.vision_encoder_learning_rate` applies to trained encoders: set "
+                              "`freeze.vision_encoders: false` too, or drop the learning rate.")
+        if not isinstance(freeze["vision_encoder_learning_rate"], (int, float)):
+            raise RecipeError("`freeze.vision_encoder_learning_rate` must be a number, got "
+                              f"{freeze['vision_encoder_learning_rate']!r}.")
 
     peft = content.get("peft")
     if peft is not None:

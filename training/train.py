@@ -16,11 +16,43 @@ from trl import SFTTrainer
 
 from .collator import SKIP_REASONS, SkippedRecords, SphinxXDataCollator
 from .data import load_mixture
-from .models import freeze_vision_encoders, load_model_and_processor
+from .models import freeze_vision_encoders, load_model_and_processor, vision_encoders
 from .recipe import RecipeError, add_train_arguments, load_recipe, overrides_from_arguments
 
 
 logger = logging.get_logger(__name__)
+
+
+class SphinxXSFTTrainer(SFTTrainer):
+    """`SFTTrainer` that can give trained visual encoders their own peak learning rate (as LLaVA's
+    `mm_vision_tower_lr`); the schedule scales both alike."""
+
+    def __init__(self, *args, vision_encoder_learning_rate: float | None = None, **kwargs):
+        self.vision_encoder_learning_rate = vision_encoder_learning_rate
+        super().__init__(*args, **kwargs)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.vision_encoder_learning_rate is None:
+            return optimizer
+        encoder_parameters = {id(parameter) for encoder in vision_encoders(self.model) for parameter in
+                              encoder.parameters()}
+        if not any(id(parameter) in encoder_parameters for group in optimizer.param_groups for parameter in
+                   group["params"]):
+            raise RecipeError(
+                "`freeze.vision_encoder_learning_rate` found no encoder parameter in the optimizer (FSDP and DeepSpeed "
+                "flatten them): drop it there, or train the encoders at the main learning rate."
+            )
+        groups = []
+        for group in optimizer.param_groups:  # weight decay / no decay, each split into encoders / the rest
+            for is_encoder in (False, True):
+                parameters = [parameter for parameter in group["params"] if (id(parameter) in encoder_parameters)
+                              == is_encoder]
+                if parameters:
+                    lr = self.vision_encoder_learning_rate if is_encoder else group["lr"]
+                    groups.append({**group, "params": parameters, "lr": lr})
+        optimizer.param_groups[:] = groups  # no step taken yet: the optimizer holds no state to move
+        return optimizer
 
 
 @dataclass
@@ -68,7 +100,7 @@ def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
         pad_to_multiple_of=args.pad_to_multiple_of,
         skipped=SkippedRecords(args.dataloader_multiprocessing_context),
     )
-    trainer = SFTTrainer(
+    trainer = SphinxXSFTTrainer(
         model=model,
         args=args,
         train_dataset=load_mixture(recipe.data["train"]),
@@ -76,6 +108,7 @@ def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
         processing_class=processor,
         data_collator=collator,
         peft_config=recipe.lora_config(),
+        vision_encoder_learning_rate=recipe.vision_encoder_learning_rate,
     )
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
 
