@@ -41,11 +41,18 @@ def test_evaluation_runs_end_to_end(tmp_path):
     assert all(0.0 <= counts["accuracy"] <= 1.0 for counts in results.values())
 
 
-def test_loss_plot(tmp_path):
-    state = {"log_history": [{"step": step, "loss": 5.0 / step} for step in range(10, 110, 10)] + [{"step": 100}]}
-    (tmp_path / "trainer_state.json").write_text(json.dumps(state))
-    plot_loss_main([str(tmp_path / "trainer_state.json"), str(tmp_path / "loss.png")])
+def test_loss_plot_of_two_stages(tmp_path):
+    states = []
+    for stage, scale in enumerate((5.0, 1.0)):
+        history = [{"step": step, "loss": scale / step} for step in range(10, 110, 10)]
+        state = {"global_step": 100, "log_history": history + [{"step": 100}]}  # the run summary has no loss
+        states.append(tmp_path / f"stage{stage}.json")
+        states[-1].write_text(json.dumps(state))
+    plot_loss_main([*map(str, states), str(tmp_path / "loss.png")])
     image = PIL.Image.open(tmp_path / "loss.png")
     assert image.size == (800, 480)
-    colours = np.unique(np.asarray(image.convert("RGB")).reshape(-1, 3), axis=0)
-    assert len(colours) > 2  # axes, labels and the curve were drawn
+    pixels = np.asarray(image.convert("RGB"))
+    curve = np.nonzero((pixels == (31, 119, 180)).all(axis=-1))[1]
+    assert curve.min() < 100 and curve.max() > 700  # both stages are on one axis of 200 steps
+    stage_line = np.nonzero((pixels == (160, 160, 160)).all(axis=-1))[1]
+    assert abs(np.median(stage_line) - 400) <= 2  # where stage 2 starts, half-way

@@ -1,6 +1,7 @@
-"""Plot the training loss recorded in a Trainer checkpoint's `trainer_state.json` as a PNG (PIL only).
+"""Plot the training loss recorded in the `trainer_state.json` of one or more consecutive runs as a PNG (PIL only).
 
-    python -m sphinx_x.training.demo.plot_loss runs/sphinx-x-demo/trainer_state.json docs/demo_training_loss.png
+    python -m sphinx_x.training.demo.plot_loss runs/sphinx-x-demo-warmup/trainer_state.json \
+        runs/sphinx-x-demo/trainer_state.json docs/demo_training_loss.png
 """
 
 import argparse
@@ -13,8 +14,8 @@ from PIL import Image, ImageDraw
 WIDTH, HEIGHT, MARGIN = 800, 480, 60
 
 
-def plot_loss(steps: list[int], losses: list[float], title: str) -> Image.Image:
-    """A line plot of `losses` against `steps`, with labelled axes."""
+def plot_loss(steps: list[int], losses: list[float], title: str, stage_starts: list[int] = ()) -> Image.Image:
+    """A line plot of `losses` against `steps`, with labelled axes and a grey line where each later stage starts."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     low, high = 0.0, max(losses) * 1.05
@@ -35,6 +36,8 @@ def plot_loss(steps: list[int], losses: list[float], title: str) -> Image.Image:
         x, _ = point(step, low)
         draw.line([(x, HEIGHT - MARGIN), (x, HEIGHT - MARGIN + 5)], fill="black")
         draw.text((x - 12, HEIGHT - MARGIN + 10), str(step), fill="black")
+    for step in stage_starts:
+        draw.line([point(step, low), point(step, high)], fill=(160, 160, 160))
     draw.line([point(s, v) for s, v in zip(steps, losses)], fill=(31, 119, 180), width=2)
     draw.text((WIDTH // 2 - 20, HEIGHT - 25), "step", fill="black")
     draw.text((MARGIN, 20), title, fill="black")
@@ -43,14 +46,20 @@ def plot_loss(steps: list[int], losses: list[float], title: str) -> Image.Image:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("trainer_state", type=Path)
+    parser.add_argument("trainer_states", type=Path, nargs="+", help="one per stage, in training order")
     parser.add_argument("out", type=Path)
     args = parser.parse_args(argv)
-    history = [entry for entry in json.loads(args.trainer_state.read_text())["log_history"] if "loss" in entry]
-    steps, losses = [entry["step"] for entry in history], [float(entry["loss"]) for entry in history]
-    title = f"SPHINX-X demo model: training loss ({len(steps)} logs, final {losses[-1]:.3f})"
+    steps, losses, stage_starts, offset = [], [], [], 0
+    for trainer_state in args.trainer_states:
+        state = json.loads(trainer_state.read_text())
+        history = [entry for entry in state["log_history"] if "loss" in entry]
+        steps += [offset + entry["step"] for entry in history]
+        losses += [float(entry["loss"]) for entry in history]
+        offset += state["global_step"]
+        stage_starts.append(offset)
+    title = f"SPHINX-X demo model: training loss ({len(args.trainer_states)} stage(s), final {losses[-1]:.3f})"
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    plot_loss(steps, losses, title).save(args.out)
+    plot_loss(steps, losses, title, stage_starts[:-1]).save(args.out)
     print(f"Wrote {args.out}")
 
 
