@@ -21,7 +21,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import sphinx_x.training
 from sphinx_x.training.data import MIXTURE_KEYS, SOURCE_KEYS
-from sphinx_x.training.models import LLM_LINEAR_LAYERS
+from sphinx_x.training.models import LLM_LINEAR_LAYERS, vision_encoders
 from sphinx_x.training.recipe import (
     RecipeError,
     add_train_arguments,
@@ -309,8 +309,7 @@ def test_vision_encoders_train_at_their_own_learning_rate(tmp_path):
     }
     trainer = train_from_recipe(write_recipe(tmp_path, **sections)).trainer
     model = trainer.model
-    encoder_ids = {id(parameter) for parameter in model.model.convnext.parameters()} | {
-        id(parameter) for parameter in model.model.dinov2.parameters()}
+    encoder_ids = {id(parameter) for encoder in vision_encoders(model) for parameter in encoder.parameters()}
     trained = {id(parameter) for parameter in model.parameters() if parameter.requires_grad}
     in_groups = {}
     for group in trainer.optimizer.param_groups:

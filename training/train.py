@@ -37,20 +37,18 @@ class SphinxXSFTTrainer(SFTTrainer):
             return optimizer
         encoder_parameters = {id(parameter) for encoder in vision_encoders(self.model) for parameter in
                               encoder.parameters()}
-        if not any(id(parameter) in encoder_parameters for group in optimizer.param_groups for parameter in
-                   group["params"]):
+        groups, encoder_groups = [], []
+        for group in optimizer.param_groups:  # weight decay / no decay, each split into the rest / encoders
+            rest = [parameter for parameter in group["params"] if id(parameter) not in encoder_parameters]
+            encoder = [parameter for parameter in group["params"] if id(parameter) in encoder_parameters]
+            groups += [{**group, "params": rest}] if rest else []
+            encoder_groups += [{**group, "params": encoder, "lr": self.vision_encoder_learning_rate}] if encoder else []
+        if not encoder_groups:
             raise RecipeError(
                 "`freeze.vision_encoder_learning_rate` found no encoder parameter in the optimizer (FSDP and DeepSpeed "
                 "flatten them): drop it there, or train the encoders at the main learning rate."
             )
-        groups = []
-        for group in optimizer.param_groups:  # weight decay / no decay, each split into encoders / the rest
-            for is_encoder in (False, True):
-                parameters = [parameter for parameter in group["params"] if (id(parameter) in encoder_parameters)
-                              == is_encoder]
-                if parameters:
-                    lr = self.vision_encoder_learning_rate if is_encoder else group["lr"]
-                    groups.append({**group, "params": parameters, "lr": lr})
+        groups += encoder_groups
         optimizer.param_groups[:] = groups  # no step taken yet: the optimizer holds no state to move
         return optimizer
 
