@@ -111,8 +111,8 @@ class SphinxXConfig(PreTrainedConfig):
     def encoder_grid_size(self, name: str) -> int:
         """Side of the token grid an encoder produces for one view."""
         cfg = self.grid_encoder_configs()[name]
-        if name == "convnext":
-            return cfg.image_size // 32
+        if name == "convnext":  # a patchify stem, then a 2x downsampling before every later stage
+            return cfg.image_size // (cfg.patch_size * 2 ** (cfg.num_stages - 1))
         return cfg.image_size // cfg.patch_size
 
     @property

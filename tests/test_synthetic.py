@@ -90,6 +90,15 @@ def test_train_and_heldout_never_share_a_generator_or_a_code():
     assert len(set(image_bytes(train)) & set(image_bytes(heldout))) == 0
 
 
+@pytest.mark.parametrize("key", ["som_color", "som_label", "ocr_code", "ocr_word", "grounding_rec"])
+def test_scenes_codes_and_words_render_at_a_small_canvas(key):
+    # The demo model's data is drawn at its 256-px canvas, where no resampling blurs the marks and letters.
+    for index in range(20):
+        sample = generate_sample(key, index, max_side=256)
+        assert max(sample.image.size) <= 256
+        assert all(0 <= v <= max(sample.image.size) for o in sample.objects for v in o["box"])
+
+
 def test_unknown_kind_split_and_tiny_images_are_refused():
     with pytest.raises(ValueError, match="Unknown sample kind"):
         generate_sample("handwriting", 0)
@@ -97,6 +106,10 @@ def test_unknown_kind_split_and_tiny_images_are_refused():
         generate_sample("ocr", 0, split="test")
     with pytest.raises(ValueError, match="max_side must be at least 384"):
         generate_sample("ocr", 0, max_side=200)
+    with pytest.raises(ValueError, match="max_side must be at least 384"):
+        generate_sample("ocr_table", 0, max_side=256)
+    with pytest.raises(ValueError, match="max_side must be at least 192"):
+        generate_sample("som_color", 0, max_side=128)
     with pytest.raises(ValueError, match="placement"):
         generate_sample("grounding", 0, placement="centre")
 

@@ -17,7 +17,9 @@ TURNS = 4
 # Training scenes start at one shape: there every image position shows the answer's colour, so the language model
 # learns to read the image before it must find one mark among six (held-out scenes keep 2-6 shapes).
 TRAIN_SHAPE_COUNT = (1, 6)
-MAX_SIDE = 384  # longest image side; the demo canvas is 256 px
+# Images are drawn at the demo's 256-px canvas: no downscaling blurs the 1-2 px strokes of marks and letters (drawn
+# at 384 px and shrunk, marks come out 8-11 px tall and the ConvNeXt's digit probe stayed at chance).
+MAX_SIDE = 256
 HELDOUT_SIZES = {"som_color": 200, "ocr_code": 200, "grounding_rec": 200}
 # The warm-up stage (recipe `sphinx-x-demo-warmup.yaml`): one-shape colour questions, one per image. There the
 # colour is all over the image, and reading it is the only way to lower the loss; a from-scratch model learns to look

@@ -17,11 +17,13 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value
 from .boxes import PLACEMENTS
 from .grounding import GROUNDING_TASKS, grounding_sample
 from .ocr import OCR_TASKS, ocr_sample
-from .render import MIN_MAX_SIDE
+from .render import MIN_MAX_SIDE, MIN_MAX_SIDE_DOCUMENTS
 from .sample import Sample
 from .set_of_mark import SOM_TASKS, set_of_mark_sample
 
 
+# The sample kinds that can draw a receipt or a table.
+DOCUMENT_KINDS = ("ocr", "ocr_receipt", "ocr_table")
 FAMILIES = {"ocr": OCR_TASKS, "set_of_mark": SOM_TASKS, "grounding": GROUNDING_TASKS}
 TASK_FAMILY = {task: family for family, tasks in FAMILIES.items() for task in tasks}
 SPLITS = ("train", "heldout")
@@ -62,16 +64,14 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
     Args:
         key (`str`): "ocr", "set_of_mark", "grounding", or a task such as "ocr_code" or "som_color".
         index (`int`), seed (`int`), split (`str`, "train" or "heldout"): together seed the sample's generator.
-        max_side (`int`): longest image side in pixels, at least `MIN_MAX_SIDE` (long sides are drawn in
-            `[0.75, 1] * max_side`).
+        max_side (`int`): longest image side in pixels (long sides are drawn in `[0.75, 1] * max_side`), at least
+            `MIN_MAX_SIDE_DOCUMENTS` where receipts or tables can be drawn, `MIN_MAX_SIDE` otherwise.
         placement (`str`): how grounding boxes are normalised, "top_left" (SPHINX-X) or "center" (released SPHINX).
         turns (`int`): Set-of-Mark and grounding samples ask up to this many questions on one image (a multi-turn
             conversation: more supervision per encoded image); OCR samples ask one.
         shape_count (`tuple[int, int]`): how many shapes Set-of-Mark and grounding scenes draw from (fewer where
             they do not fit).
     """
-    if max_side < MIN_MAX_SIDE:
-        raise ValueError(f"max_side must be at least {MIN_MAX_SIDE} for legible receipts and tables, got {max_side}.")
     if placement not in PLACEMENTS:
         raise ValueError(f"placement must be one of {PLACEMENTS}, got {placement!r}.")
     if split not in SPLITS:
@@ -80,6 +80,12 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
         raise ValueError(f"Unknown sample kind {key!r}; use a family ({', '.join(FAMILIES)}) or a task "
                          f"({', '.join(TASK_FAMILY)}).")
     family, task = (key, None) if key in FAMILIES else (TASK_FAMILY[key], key)
+    if key in DOCUMENT_KINDS and max_side < MIN_MAX_SIDE_DOCUMENTS:
+        raise ValueError(f"max_side must be at least {MIN_MAX_SIDE_DOCUMENTS} for legible receipts and tables "
+                         f"({key!r}), got {max_side}; ask for other tasks (e.g. 'ocr_code') to render smaller images.")
+    if max_side < MIN_MAX_SIDE:
+        raise ValueError(f"max_side must be at least {MIN_MAX_SIDE} for legible shapes, marks and words, "
+                         f"got {max_side}.")
     rng = random.Random(f"sphinx-x-synthetic/{seed}/{split}/{key}/{index}")
     if family == "ocr":
         return ocr_sample(rng, task, split=split, max_side=max_side)

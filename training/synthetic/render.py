@@ -21,7 +21,9 @@ ASPECT_RANGES = {"wide": (2.0, 4.0), "tall": (1 / 4.0, 1 / 2.0), "square": (1 / 
 DEFAULT_LAYOUTS = {"wide": 0.35, "tall": 0.35, "square": 0.3}
 MIN_SIDE = 64
 # Below this longest side, receipts and tables rarely fit at a legible font size.
-MIN_MAX_SIDE = 384
+MIN_MAX_SIDE_DOCUMENTS = 384
+# Below this one, 48-px shapes, Set-of-Mark labels and 14-px words no longer fit in wide and tall images.
+MIN_MAX_SIDE = 192
 
 
 @functools.lru_cache(maxsize=4096)
