@@ -95,10 +95,8 @@ class SphinxXConfig(PreTrainedConfig):
                 "SphinxXConfig needs at least one grid encoder: set convnext_config, dinov2_config or clip_config."
             )
         grids = {name: self.encoder_grid_size(name) for name, cfg in self.grid_encoder_configs().items() if cfg}
-        if (
-            any(self.token_grid_size % size for size in grids.values())
-            or len({size for name, size in grids.items() if name != "convnext"}) > 1
-        ):
+        other_grids = {size for name, size in grids.items() if name != "convnext"}
+        if len(other_grids) > 1 or ("convnext" in grids and any(size % grids["convnext"] for size in other_grids)):
             raise ValueError(
                 f"The encoders' token grids {grids} cannot be fused: CLIP and DINOv2 grids must be equal and the "
                 "ConvNeXt grid must divide them. Check the encoders' image_size and patch_size."

@@ -53,6 +53,22 @@ def test_feature_widths_are_derived_from_the_encoders():
     assert model.model.visual_projector.linear.in_features == config.vision_feature_size
 
 
+def test_demo_convnext_keeps_32_px_tokens_with_its_2_px_stem():
+    config = preset_config("sphinx-x-demo")
+    convnext = config.convnext_config
+    assert (convnext.patch_size, convnext.num_stages) == (2, 5)
+    # 2 px, then four 2x downsamplings: 32 px per token, the 4x4 grid of a 128-px tile, like DINOv2's at 56 px.
+    assert config.encoder_grid_size("convnext") == config.encoder_grid_size("dinov2") == 4
+    assert config.tokens_per_view == 19
+    torch.manual_seed(0)
+    model = sphinx_x.SphinxXForConditionalGeneration(config)
+    encoder = model.model.convnext
+    assert encoder(torch.randn(2, 3, 128, 128)).shape == (2, 1 + 16, convnext.hidden_sizes[-1])
+    # The preset's wider init reaches the composite model's weights (not transformers' default std 0.02).
+    stem = encoder.model.embeddings.patch_embeddings.weight
+    assert 0.06 < stem.std().item() < 0.09
+
+
 def test_config_round_trip_keeps_absent_encoders_absent(tmp_path):
     config = preset_config("tiny-random")
     config.save_pretrained(tmp_path)
@@ -71,6 +87,9 @@ def test_bad_configs_are_refused():
         preset_config("sphinx-xl")
     with pytest.raises(ValueError, match="cannot be fused"):
         preset_config("tiny-random", dinov2_config={"model_type": "dinov2", "image_size": 210, "patch_size": 14})
+    with pytest.raises(ValueError, match="cannot be fused"):  # a 2-px stem and four stages: 32x32, DINOv2 16x16
+        preset_config("tiny-random", convnext_config=ConvNextConfig(hidden_sizes=[8, 16, 24, 32], depths=[1, 1, 1, 1],
+                                                                    patch_size=2, image_size=512))
 
 
 def test_import_registers_the_auto_classes(tmp_path):
