@@ -165,7 +165,7 @@ SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": Tr
 
 def demo_encoders() -> dict:
     """The embedded demo model's experts: small, trainable from scratch on a CPU, at the native resolution of its
-    128-px tiles and 4x4 token grids (19 positions per view). ConvNeXt keeps the fine strokes of 6-12 px
+    128-px tiles and 4x4 token grids (19 positions per view). ConvNeXt keeps the fine strokes of 9-19 px
     Set-of-Mark digits and letters: a 2-px stem and five stages (still 32 px per token), residual blocks at full
     strength (at the usual 1e-6 layer scale a short from-scratch run leaves them nearly off) and weights drawn at
     std 0.08 rather than 0.02 (closer to PyTorch's fan-in scale). Trained directly on the digit under a mark, it

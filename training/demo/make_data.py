@@ -18,7 +18,7 @@ TURNS = 4
 # learns to read the image before it must find one mark among six (held-out scenes keep 2-6 shapes).
 TRAIN_SHAPE_COUNT = (1, 6)
 # Images are drawn at the demo's 256-px canvas: no downscaling blurs the 1-2 px strokes of marks and letters (drawn
-# at 384 px and shrunk, marks come out 8-11 px tall and the ConvNeXt's digit probe stayed at chance).
+# at 384 px and shrunk, mark digits come out 6-12 px tall instead of 9-19, and a ConvNeXt learns them more slowly).
 MAX_SIDE = 256
 HELDOUT_SIZES = {"som_color": 200, "ocr_code": 200, "grounding_rec": 200}
 # The warm-up stage (recipe `sphinx-x-demo-warmup.yaml`): one-shape colour questions, one per image. There the
