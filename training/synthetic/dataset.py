@@ -16,14 +16,12 @@ from datasets import Dataset, DatasetDict, Features, Image, List, Value
 
 from .boxes import PLACEMENTS
 from .grounding import GROUNDING_TASKS, grounding_sample
-from .ocr import OCR_TASKS, ocr_sample
+from .ocr import DOCUMENT_TASKS, OCR_TASKS, ocr_sample
 from .render import MIN_MAX_SIDE, MIN_MAX_SIDE_DOCUMENTS
 from .sample import Sample
 from .set_of_mark import SOM_TASKS, set_of_mark_sample
 
 
-# The sample kinds that can draw a receipt or a table.
-DOCUMENT_KINDS = ("ocr", "ocr_receipt", "ocr_table")
 FAMILIES = {"ocr": OCR_TASKS, "set_of_mark": SOM_TASKS, "grounding": GROUNDING_TASKS}
 TASK_FAMILY = {task: family for family, tasks in FAMILIES.items() for task in tasks}
 SPLITS = ("train", "heldout")
@@ -80,7 +78,7 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
         raise ValueError(f"Unknown sample kind {key!r}; use a family ({', '.join(FAMILIES)}) or a task "
                          f"({', '.join(TASK_FAMILY)}).")
     family, task = (key, None) if key in FAMILIES else (TASK_FAMILY[key], key)
-    if key in DOCUMENT_KINDS and max_side < MIN_MAX_SIDE_DOCUMENTS:
+    if any(kind in DOCUMENT_TASKS for kind in FAMILIES.get(key, [key])) and max_side < MIN_MAX_SIDE_DOCUMENTS:
         raise ValueError(f"max_side must be at least {MIN_MAX_SIDE_DOCUMENTS} for legible receipts and tables "
                          f"({key!r}), got {max_side}; ask for other tasks (e.g. 'ocr_code') to render smaller images.")
     if max_side < MIN_MAX_SIDE:

@@ -303,6 +303,8 @@ RENDERERS = {
     "ocr_receipt": receipt_sample,
     "ocr_table": table_sample,
 }
+# The tasks whose images need `MIN_MAX_SIDE_DOCUMENTS` pixels.
+DOCUMENT_TASKS = ("ocr_receipt", "ocr_table")
 
 
 def ocr_sample(rng: random.Random, task: str | None = None, split: str = "train", max_side: int = 512) -> Sample:
