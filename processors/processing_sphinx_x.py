@@ -1,7 +1,9 @@
 """SPHINX-X processor: image processor + tokenizer, placeholder expansion and the reference chat format."""
 
+import bisect
 import re
 
+import torch
 from transformers import ProcessorMixin
 from transformers.processing_utils import MultiModalData, ProcessingKwargs
 
@@ -84,6 +86,25 @@ class SphinxXProcessor(ProcessorMixin):
             for height, width in image_sizes or []
         ]
         return MultiModalData(num_image_tokens=counts, num_image_patches=[1] * len(counts))
+
+    def _adjust_assistant_masks_indices(self, processed_dict, generation_indices: list[list[tuple[int, int]]]):
+        """`ProcessorMixin`'s assistant mask (tokens overlapping an assistant span, spans shifted past expanded image
+        placeholders), computed with one tensor comparison per span: the base class compares every token's offsets
+        one tensor element at a time, two thirds of the time a training batch takes to collate."""
+        offset_mapping = processed_dict.pop("offset_mapping")
+        replacements = processed_dict.pop("text_replacement_offsets", None) or [[]] * len(processed_dict["input_ids"])
+        masks = []
+        for offsets, spans, replaced in zip(offset_mapping, generation_indices, replacements):
+            offsets = torch.as_tensor(offsets).reshape(-1, 2)  # [seq_len, 2] character (start, end) per token
+            placeholder_ends = [replacement["span"][1] for replacement in replaced]
+            chars_gained = [0] + [replacement["new_span"][1] - replacement["span"][1] for replacement in replaced]
+            mask = torch.zeros(len(offsets), dtype=torch.bool)
+            for span in spans:
+                start, end = (char + chars_gained[bisect.bisect_right(placeholder_ends, char)] for char in span)
+                mask |= (offsets[:, 0] < end) & (offsets[:, 1] > start)
+            masks.append(mask.int().tolist())
+        processed_dict["assistant_masks"] = masks
+        return processed_dict
 
     def strip_stop_string(self, text: str) -> str:
         """Drop the reference terminator `"\\n###"` that ends a generated answer (and padding decoded after it)."""

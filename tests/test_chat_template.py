@@ -2,6 +2,7 @@
 
 import pytest
 from PIL import Image
+from transformers import ProcessorMixin
 
 from sphinx_x.processors.processing_sphinx_x import DEFAULT_SYSTEM_PROMPT
 
@@ -61,3 +62,25 @@ def test_assistant_mask_covers_answers_and_terminators_like_the_reference(tiny_m
     assert ids[mask].tolist() == reference
     assert ids[-1] == tokenizer.eos_token_id and not mask[-1]  # EOS is never trained
     assert not mask[ids == processor.image_token_id].any()
+
+
+def test_assistant_mask_matches_the_transformers_computation_on_a_padded_batch(tiny_model_and_processor, monkeypatch):
+    # The processor computes the mask with tensor comparisons; `ProcessorMixin`'s loop is the specification.
+    processor = tiny_model_and_processor[1]
+    conversations = [
+        [{"role": "user", "content": [{"type": "image", "image": Image.new("RGB", size)},
+                                      {"type": "text", "text": f"Question {index}"}]},
+         {"role": "assistant", "content": f"Answer {index} " * (index + 1)},
+         {"role": "user", "content": "And then?"},
+         {"role": "assistant", "content": "[0.10,0.20,0.30,0.40]"}]
+        for index, size in enumerate([(300, 100), (64, 64), (90, 400)])
+    ]
+    arguments = {"tokenize": True, "return_dict": True, "return_assistant_tokens_mask": True, "return_tensors": "pt",
+                 "processor_kwargs": {"padding": True}}
+    fast = processor.apply_chat_template(conversations, **arguments)
+    monkeypatch.setattr(type(processor), "_adjust_assistant_masks_indices",
+                        ProcessorMixin._adjust_assistant_masks_indices)
+    slow = processor.apply_chat_template(conversations, **arguments)
+    assert fast["input_ids"].tolist() == slow["input_ids"].tolist()
+    assert fast["assistant_masks"].tolist() == slow["assistant_masks"].tolist()
+    assert fast["assistant_masks"].sum() > 0

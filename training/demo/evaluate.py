@@ -26,9 +26,11 @@ def score(task: str, prediction: str, answer: str) -> bool:
     return prediction.strip().lower() == answer.strip().lower()
 
 
-def evaluate(model_path: str, heldout: str, *, per_task: int | None = None, batch_size: int = 16) -> dict:
-    """Per-task accuracy (`{"som_color": {"correct": c, "total": n, "accuracy": c / n}, ...}`)."""
-    model = AutoModelForImageTextToText.from_pretrained(model_path).eval()
+def evaluate(model_path: str, heldout: str, *, per_task: int | None = None, batch_size: int = 16,
+             device: str = "cpu") -> dict:
+    """Per-task accuracy (`{"som_color": {"correct": c, "total": n, "accuracy": c / n}, ...}`), generating on
+    `device` ("cpu", "cuda", ...)."""
+    model = AutoModelForImageTextToText.from_pretrained(model_path).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     rows = load_dataset("parquet", data_files=heldout, split="train")
     if per_task:
@@ -47,7 +49,7 @@ def evaluate(model_path: str, heldout: str, *, per_task: int | None = None, batc
         inputs = processor.apply_chat_template(
             conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
             processor_kwargs={"padding": True},
-        )
+        ).to(device)
         with torch.inference_mode():
             output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
         predictions = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
@@ -63,8 +65,12 @@ def main(argv=None) -> None:
     parser.add_argument("heldout", help="held-out parquet from sphinx_x.training.demo.make_data")
     parser.add_argument("--per-task", type=int, help="evaluate the first N rows of each task only")
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where to generate (default: cuda when available, else cpu)")
+    parser.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
     args = parser.parse_args(argv)
-    results = evaluate(args.model, args.heldout, per_task=args.per_task)
+    results = evaluate(args.model, args.heldout, per_task=args.per_task, batch_size=args.batch_size,
+                       device=args.device)
     for task, counts in sorted(results.items()):
         print(f"{task:15s} {counts['correct']:4d} / {counts['total']:4d} = {100 * counts['accuracy']:.1f} %")
     if args.json:
