@@ -18,7 +18,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.11",
-    packages=[*FOLDERS, "sphinx_x.training.synthetic"],
+    packages=[*FOLDERS, "sphinx_x.training.synthetic", "sphinx_x.training.demo"],
     package_dir=FOLDERS,
     package_data={"sphinx_x": ["demo_model/*"], "sphinx_x.model_cards": ["*.md"],
                   "sphinx_x.training.synthetic": ["fonts/*"],
