@@ -1,6 +1,6 @@
 """Write the demo model's synthetic training (warm-up and main) and held-out data (deterministic) as parquet files.
 
-    python -m sphinx_x.training.demo.make_data data/demo
+    python -m sphinx_x.training.demo.make_data data/demo --scale 4
 """
 
 import argparse
@@ -33,8 +33,11 @@ def main(argv=None) -> None:
     parser.add_argument("out", type=Path, help="folder for train.parquet, warmup.parquet and heldout.parquet")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-side", type=int, default=MAX_SIDE, help="longest image side")
+    parser.add_argument("--scale", type=int, default=1,
+                        help="train rows per task times this (the shipped model: 4); the held-out rows are the same")
     args = parser.parse_args(argv)
-    splits = make_mixture(args.seed, TRAIN_SIZES, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS,
+    train_sizes = {task: count * args.scale for task, count in TRAIN_SIZES.items()}
+    splits = make_mixture(args.seed, train_sizes, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS,
                           train_shape_count=TRAIN_SHAPE_COUNT)
     args.out.mkdir(parents=True, exist_ok=True)
     splits["warmup"] = build_dataset(WARMUP_SIZES, seed=args.seed, split="train", max_side=args.max_side,
