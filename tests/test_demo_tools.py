@@ -1,11 +1,13 @@
-"""The demo model's tools: held-out scoring, evaluation end to end, and the loss plot."""
+"""The demo model's tools: its data at a scale, held-out scoring, evaluation end to end, and the loss plot."""
 
 import json
 
 import numpy as np
 import PIL.Image
+import pyarrow.parquet as pq
 import pytest
 
+from sphinx_x.training.demo import make_data
 from sphinx_x.training.demo.evaluate import evaluate, score
 from sphinx_x.training.demo.plot_loss import main as plot_loss_main
 from sphinx_x.training.synthetic.dataset import make_mixture
@@ -56,3 +58,16 @@ def test_loss_plot_of_two_stages(tmp_path):
     assert curve.min() < 100 and curve.max() > 700  # both stages are on one axis of 200 steps
     stage_line = np.nonzero((pixels == (160, 160, 160)).all(axis=-1))[1]
     assert abs(np.median(stage_line) - 400) <= 2  # where stage 2 starts, half-way
+
+
+def test_make_data_scale_multiplies_the_train_rows_only(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 3, "ocr_code": 2})
+    monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"som_color": 2})
+    monkeypatch.setattr(make_data, "WARMUP_SIZES", {"som_color": 2})
+    make_data.main([str(tmp_path / "x1")])
+    make_data.main([str(tmp_path / "x2"), "--scale", "2"])
+    rows = {name: {scale: pq.read_table(tmp_path / scale / f"{name}.parquet").column("sample_id").to_pylist()
+                   for scale in ("x1", "x2")} for name in ("train", "heldout", "warmup")}
+    assert (len(rows["train"]["x1"]), len(rows["train"]["x2"])) == (5, 10)
+    assert set(rows["train"]["x1"]) < set(rows["train"]["x2"])  # the same generator, more indices
+    assert rows["heldout"]["x1"] == rows["heldout"]["x2"] and rows["warmup"]["x1"] == rows["warmup"]["x2"]
