@@ -1,4 +1,4 @@
-"""A regular (non-editable) install ships every module of the repository's package folders."""
+"""A regular (non-editable) install ships every module of the repository's package folders and the demo model."""
 
 import shutil
 import subprocess
@@ -30,3 +30,6 @@ def test_wheel_install_contains_every_module(tmp_path):
         for path in (REPO / folder).rglob("*.py")
     }
     assert sorted(expected - installed) == []
+    shipped = REPO / "modeling_sphinx_x" / "demo_model"  # package data: `sphinx-x chat` needs it without --model
+    assert {path.name for path in shipped.iterdir()} <= {
+        path.name for path in (tmp_path / "site" / "sphinx_x" / "demo_model").iterdir()}
