@@ -17,6 +17,7 @@ from sphinx_x.training.synthetic.dataset import build_dataset, generate_sample
 
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "one_shape.png"
+EXAMPLE_QUESTION = "What color is the shape labeled 1?"  # the README's first command
 MAX_BYTES = 25 * 2**20
 # Floors a little under what the shipped weights score on the first 40 held-out questions of each kind (19/40,
 # 11/40, 35/40; the 4-character codes score 0 and have no floor). Issue 4's targets (90 / 50 / 60 % on 200) are
@@ -35,13 +36,13 @@ def test_demo_model_is_complete_and_small():
 def test_readme_example_is_a_heldout_sample():
     # The README's first command asks about examples/one_shape.png: the held-out one-shape sample 7, answer "blue".
     sample = generate_sample("som_color", 7, split="heldout", max_side=MAX_SIDE, shape_count=(1, 1))
-    assert (sample.question, sample.answer) == ("What color is the shape labeled 1?", "blue")
+    assert (sample.question, sample.answer) == (EXAMPLE_QUESTION, "blue")
     assert np.array_equal(np.asarray(Image.open(EXAMPLE).convert("RGB")), np.asarray(sample.image))
 
 
 def test_chat_command_answers_with_the_demo_model():
     command = shutil.which("sphinx-x", path=str(Path(sys.executable).parent)) or shutil.which("sphinx-x")
-    result = subprocess.run([command, "chat", "--image", str(EXAMPLE), "What color is the shape labeled 1?"],
+    result = subprocess.run([command, "chat", "--image", str(EXAMPLE), EXAMPLE_QUESTION],
                             capture_output=True, text=True, timeout=300, check=True)
     assert result.stdout.strip() == "blue", (result.stdout, result.stderr[-2000:])
 
