@@ -31,7 +31,12 @@ from sphinx_x.training.recipe import (
     parse_overrides,
     parse_recipe,
 )
-from sphinx_x.training.train import train_from_recipe
+from sphinx_x.training.train import (
+    TRL_STOP_TOKEN_WARNING,
+    SphinxXSFTTrainer,
+    terminator_in_assistant_mask,
+    train_from_recipe,
+)
 
 from conftest import FIXTURE, make_tiny_model_and_processor
 
@@ -382,3 +387,32 @@ def test_plain_trl_sft_trainer(tmp_path):
     expected = (targets != -100) & (targets != processor.image_token_id)
     assert torch.equal(fused.label_mask, expected)
     assert torch.allclose(fused.loss, own.loss, atol=1e-5)
+
+
+def test_trl_end_of_turn_false_alarm_is_silenced_only_when_the_terminator_is_trained(tmp_path, caplog):
+    """TRL wants an added-vocabulary token at the end of the assistant mask and warns "the model may not learn to
+    stop" for SPHINX's plain-text "\\n###"; our trainer checks the mask itself before dropping that one warning."""
+    model, processor = make_tiny_model_and_processor(**SMALL_GEOMETRY)
+    rows = [{"messages": [{"role": "user", "content": "What colour is the image?"},
+                          {"role": "assistant", "content": "It is red."}],
+             "images": [PIL.Image.new("RGB", (64, 32), COLOURS["red"])]}]
+    args = SFTConfig(output_dir=str(tmp_path), assistant_only_loss=True, max_length=None, use_cpu=True, bf16=False,
+                     report_to="none", activation_checkpointing=False)
+
+    def warned(trainer_class, **kwargs) -> bool:
+        caplog.clear()
+        trainer_class(model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=processor,
+                      **kwargs)
+        return any(TRL_STOP_TOKEN_WARNING in record.getMessage() for record in caplog.records)
+
+    assert terminator_in_assistant_mask(processor)
+    assert warned(SFTTrainer)  # TRL's check still fires, with the message text we match
+    assert not warned(SphinxXSFTTrainer)
+
+    # A template that leaves the terminator out of the generation block is a real problem: the warning stays.
+    processor.chat_template = processor.chat_template.replace(
+        "{%- generation -%}{{- ' ' + text_of(message) + '\\n###' -}}{%- endgeneration -%}",
+        "{%- generation -%}{{- ' ' + text_of(message) -}}{%- endgeneration -%}{{- '\\n###' -}}",
+    )
+    assert not terminator_in_assistant_mask(processor)
+    assert warned(SphinxXSFTTrainer)

@@ -6,6 +6,7 @@ Runs the same in one process and under `accelerate launch` (DDP, FSDP, DeepSpeed
 """
 
 import argparse
+import logging as std_logging
 import sys
 from dataclasses import dataclass
 
@@ -14,6 +15,7 @@ from transformers.trainer_utils import TrainOutput, get_last_checkpoint
 from transformers.utils import logging
 from trl import SFTTrainer
 
+from ..processors.processing_sphinx_x import STOP_STRING
 from .collator import SKIP_REASONS, SkippedRecords, SphinxXDataCollator
 from .data import load_mixture
 from .models import freeze_vision_encoders, load_model_and_processor, vision_encoders
@@ -22,14 +24,47 @@ from .recipe import RecipeError, add_train_arguments, load_recipe, overrides_fro
 
 logger = logging.get_logger(__name__)
 
+# TRL's check that the assistant mask ends on the end-of-turn token accepts only an added-vocabulary token there; the
+# SPHINX terminator "\n###" is plain text, so TRL warns "the model may not learn to stop" although it is trained.
+TRL_STOP_TOKEN_WARNING = "The chat template does not include the assistant turn's end-of-turn token in the loss mask"
+
+
+def terminator_in_assistant_mask(processor) -> bool:
+    """Whether the assistant tokens of a rendered multi-turn chat end with the reference terminator `"\n###"`."""
+    turn = [{"type": "text", "text": "dummy"}]
+    messages = [{"role": role, "content": turn} for role in ("user", "assistant", "user")]
+    rendered = processor.apply_chat_template(
+        messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    masked = [token for token, keep in zip(rendered["input_ids"][0], rendered["assistant_masks"][0]) if keep]
+    return processor.tokenizer.decode(masked).endswith(STOP_STRING)
+
+
+class DropMessage(std_logging.Filter):
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+    def filter(self, record: std_logging.LogRecord) -> bool:
+        return self.text not in record.getMessage()  # accelerate prefixes "[RANK n] "
+
 
 class SphinxXSFTTrainer(SFTTrainer):
     """`SFTTrainer` that can give trained visual encoders their own peak learning rate (as LLaVA's
-    `mm_vision_tower_lr`); the schedule scales both alike."""
+    `mm_vision_tower_lr`); the schedule scales both alike. It silences TRL's end-of-turn warning only after checking
+    that the processor's assistant mask does end with the SPHINX terminator."""
 
     def __init__(self, *args, vision_encoder_learning_rate: float | None = None, **kwargs):
         self.vision_encoder_learning_rate = vision_encoder_learning_rate
-        super().__init__(*args, **kwargs)
+        trl_logger = std_logging.getLogger(SFTTrainer.__module__)
+        false_alarm = DropMessage(TRL_STOP_TOKEN_WARNING)
+        processor = kwargs.get("processing_class")
+        if processor is not None and terminator_in_assistant_mask(processor):
+            trl_logger.addFilter(false_alarm)
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            trl_logger.removeFilter(false_alarm)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
