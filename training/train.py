@@ -40,13 +40,9 @@ def terminator_in_assistant_mask(processor) -> bool:
     return processor.tokenizer.decode(masked).endswith(STOP_STRING)
 
 
-class DropMessage(std_logging.Filter):
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: std_logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()  # accelerate prefixes "[RANK n] "
+def not_trl_stop_token_warning(record: std_logging.LogRecord) -> bool:
+    """Logging filter: drop TRL's end-of-turn warning (matched inside: accelerate prefixes "[RANK n] ")."""
+    return TRL_STOP_TOKEN_WARNING not in record.getMessage()
 
 
 class SphinxXSFTTrainer(SFTTrainer):
@@ -57,14 +53,13 @@ class SphinxXSFTTrainer(SFTTrainer):
     def __init__(self, *args, vision_encoder_learning_rate: float | None = None, **kwargs):
         self.vision_encoder_learning_rate = vision_encoder_learning_rate
         trl_logger = std_logging.getLogger(SFTTrainer.__module__)
-        false_alarm = DropMessage(TRL_STOP_TOKEN_WARNING)
         processor = kwargs.get("processing_class")
         if processor is not None and terminator_in_assistant_mask(processor):
-            trl_logger.addFilter(false_alarm)
+            trl_logger.addFilter(not_trl_stop_token_warning)
         try:
             super().__init__(*args, **kwargs)
         finally:
-            trl_logger.removeFilter(false_alarm)
+            trl_logger.removeFilter(not_trl_stop_token_warning)
 
     def create_optimizer(self, model=None):
         optimizer = super().create_optimizer(model)
