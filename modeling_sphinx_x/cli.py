@@ -1,4 +1,4 @@
-"""The `sphinx-x` command line: chat with a model, convert checkpoints."""
+"""The `sphinx-x` command line: chat with a model, convert and publish checkpoints, train."""
 
 import argparse
 import sys
@@ -49,15 +49,24 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
         messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
     ).to(model.device)
     streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    worker = threading.Thread(
-        target=model.generate, kwargs=dict(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)
-    )
+    failures = []
+
+    def generate() -> None:
+        try:
+            model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)
+        except Exception as error:  # raised again below, in the caller's thread
+            failures.append(error)
+            streamer.end()  # otherwise the loop below waits forever for the next chunk
+
+    worker = threading.Thread(target=generate)
     worker.start()
     printer = StopStringFilter(STOP_STRING)
     for chunk in streamer:
         printer.feed(chunk)
     worker.join()
     printer.close()
+    if failures:
+        raise failures[0]
     return processor.strip_stop_string(printer.text).strip()
 
 

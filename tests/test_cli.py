@@ -89,6 +89,18 @@ def test_chat_reports_a_missing_image(converted_dir, capsys):
     assert "no file at" in capsys.readouterr().err
 
 
+def test_chat_reports_a_generation_error_instead_of_hanging(converted_dir, capsys, monkeypatch):
+    from sphinx_x.modeling_sphinx_x import SphinxXForConditionalGeneration
+
+    def fail(self, **kwargs):
+        kwargs["streamer"].put(torch.tensor([[1]]))  # the prompt, as generate sends it first
+        raise ValueError("the model refused")
+
+    monkeypatch.setattr(SphinxXForConditionalGeneration, "generate", fail)
+    assert main(["chat", "--model", str(converted_dir), "hi"]) == 2
+    assert "the model refused" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("chunks", [["Hello", " world\n###"], ["Hello world\n", "#", "##", " Human"], ["Hi"]])
 def test_stream_filter_never_prints_the_terminator(chunks):
     out = io.StringIO()
