@@ -136,7 +136,10 @@ def publish_command(args) -> None:
 
 
 def train_command(args) -> None:
-    from .training.train import run_train_command
+    try:
+        from .training.train import run_train_command
+    except ImportError as error:
+        raise ValueError(f'training needs the "train" extra ({error}): pip install "sphinx-x[train]"') from error
 
     run_train_command(args)
 
@@ -223,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, OSError) as error:
+    except (ValueError, OSError) as error:
         print(f"sphinx-x: error: {error}", file=sys.stderr)
         return 2
     return 0

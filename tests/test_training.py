@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
 from pathlib import Path
 from unittest import mock
 
@@ -20,6 +21,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import sphinx_x.training
+from sphinx_x.cli import main as cli_main
 from sphinx_x.training.data import MIXTURE_KEYS, SOURCE_KEYS
 from sphinx_x.training.models import LLM_LINEAR_LAYERS, vision_encoders
 from sphinx_x.training.recipe import (
@@ -37,6 +39,7 @@ from sphinx_x.training.train import (
     terminator_in_assistant_mask,
     train_from_recipe,
 )
+from sphinx_x.training.train import main as train_main
 
 from conftest import FIXTURE, make_tiny_model_and_processor
 
@@ -416,3 +419,16 @@ def test_trl_end_of_turn_false_alarm_is_silenced_only_when_the_terminator_is_tra
     )
     assert not terminator_in_assistant_mask(processor)
     assert warned(SphinxXSFTTrainer)
+
+
+def test_module_entry_point_reports_recipe_errors_like_the_cli(tmp_path, capsys):
+    # `accelerate launch -m sphinx_x.training.train` runs `main` on every rank: one clean line, no traceback.
+    assert train_main([str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_train_without_the_training_extra_names_the_install(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "trl", None)  # `import trl` raises ImportError, as without the extra
+    monkeypatch.delitem(sys.modules, "sphinx_x.training.train")
+    assert cli_main(["train", "recipe.yaml"]) == 2
+    assert 'pip install "sphinx-x[train]"' in capsys.readouterr().err

@@ -19,7 +19,7 @@ from ..processors.processing_sphinx_x import STOP_STRING
 from .collator import SKIP_REASONS, SkippedRecords, SphinxXDataCollator
 from .data import load_mixture
 from .models import freeze_vision_encoders, load_model_and_processor, vision_encoders
-from .recipe import RecipeError, add_train_arguments, load_recipe, overrides_from_arguments
+from .recipe import RecipeError, load_recipe, overrides_from_arguments
 
 
 logger = logging.get_logger(__name__)
@@ -159,10 +159,10 @@ def run_train_command(args: argparse.Namespace) -> TrainResult:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="sphinx-x train", description=__doc__.splitlines()[0])
-    add_train_arguments(parser)
-    run_train_command(parser.parse_args(argv))
-    return 0
+    """`python -m sphinx_x.training.train` (what `accelerate launch` runs) is `sphinx-x train`, errors included."""
+    from ..cli import main as cli_main
+
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
