@@ -159,8 +159,15 @@ class SphinxXImageProcessor(BaseImageProcessor):
         self.image_grid = list(image_grid)
         self.skip_padded_tiles = skip_padded_tiles
         self.tokens_per_view = tokens_per_view
-        self.image_mean = list(image_mean)
-        self.image_std = list(image_std)
+        # Kept as attributes for tools that read them; not settable: the DINOv2 expert re-normalises from these
+        # statistics and the padding colour is their mean, so other values would silently give the wrong inputs.
+        if not (np.allclose(image_mean, CLIP_MEAN) and np.allclose(image_std, CLIP_STD)):
+            raise ValueError(
+                f"SPHINX-X normalises images with CLIP's statistics (mean {CLIP_MEAN}, std {CLIP_STD}); got mean "
+                f"{list(image_mean)}, std {list(image_std)}. Remove image_mean / image_std from the processor config."
+            )
+        self.image_mean = list(CLIP_MEAN)
+        self.image_std = list(CLIP_STD)
 
     @classmethod
     def from_model_config(cls, config, **kwargs) -> "SphinxXImageProcessor":

@@ -343,3 +343,11 @@ def test_placeholder_expansion(tiny_model_and_processor, size, expected_tokens):
     positions = (ids == processor.image_token_id).nonzero().flatten()
     assert int(positions[-1] - positions[0]) + 1 == expected_tokens
     assert out["pixel_values"].shape == (1, 3, 1024, 1024)
+
+
+def test_normalisation_other_than_clip_is_refused(released, tmp_path):
+    # The DINOv2 expert re-normalises from CLIP's statistics: another mean would silently feed it wrong pixels.
+    released.save_pretrained(tmp_path)
+    assert SphinxXImageProcessor.from_pretrained(tmp_path).image_mean == released.image_mean
+    with pytest.raises(ValueError, match="CLIP's statistics.*Remove image_mean"):
+        SphinxXImageProcessor.from_pretrained(tmp_path, image_mean=[0.5, 0.5, 0.5])
