@@ -85,13 +85,10 @@ def render_card(name: str, *, repo_id: str, model_name: str | None = None) -> st
 def card_for_config(config: dict) -> str:
     """The card that describes a saved SphinxXConfig (a `config.json` as a dict).
 
-    A `sphinx_x_preset` entry, when a converter wrote one, decides. Otherwise the layout decides: released
-    checkpoints (no skip tokens) differ by LLM family, encoder set and grid; the SPHINX-X sizes by their LLM's shape.
-    Raises ValueError when the config matches no card or two (SPHINX-1k and SPHINX-v2-1k share one layout).
+    The layout decides: released checkpoints (no skip tokens) differ by LLM family, encoder set and grid; the
+    SPHINX-X sizes by their LLM's shape. Raises ValueError when the config matches no card or two (SPHINX-1k and
+    SPHINX-v2-1k share one layout: `publish --card` names it).
     """
-    hint = config.get("sphinx_x_preset")
-    if hint in CARDS:
-        return hint
     text = config.get("text_config") or {}
     llm = text.get("model_type")
     encoders = frozenset(name for name in ("clip", "convnext", "dinov2", "qformer") if config.get(f"{name}_config"))
