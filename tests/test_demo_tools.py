@@ -1,11 +1,13 @@
 """The demo model's tools: its data at a scale, held-out scoring, evaluation end to end, and the loss plot."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
 import pyarrow.parquet as pq
 import pytest
+from datasets import Dataset
 
 from sphinx_x.training.demo import make_data
 from sphinx_x.training.demo.evaluate import evaluate, score
@@ -71,3 +73,24 @@ def test_make_data_scale_multiplies_the_train_rows_only(tmp_path, monkeypatch):
     assert (len(rows["train"]["x1"]), len(rows["train"]["x2"])) == (5, 10)
     assert set(rows["train"]["x1"]) < set(rows["train"]["x2"])  # the same generator, more indices
     assert rows["heldout"]["x1"] == rows["heldout"]["x2"] and rows["warmup"]["x1"] == rows["warmup"]["x2"]
+    assert sorted(path.name for path in (tmp_path / "x1").iterdir()) == ["heldout.parquet", "train.parquet",
+                                                                         "warmup.parquet"]
+
+
+def test_make_data_interrupted_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 2})
+    monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"som_color": 2})
+    monkeypatch.setattr(make_data, "WARMUP_SIZES", {"som_color": 2})
+    (tmp_path / "train.parquet").write_bytes(b"the previous run's file")
+    real_to_parquet = Dataset.to_parquet
+
+    def interrupted(self, path, **kwargs):
+        real_to_parquet(self, path, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # half written
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Dataset, "to_parquet", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        make_data.main([str(tmp_path)])
+    assert [path.name for path in tmp_path.iterdir()] == ["train.parquet"]
+    assert (tmp_path / "train.parquet").read_bytes() == b"the previous run's file"

@@ -43,8 +43,13 @@ def main(argv=None) -> None:
     splits["warmup"] = build_dataset(WARMUP_SIZES, seed=args.seed, split="train", max_side=args.max_side,
                                      shuffle=True, shape_count=(1, 1))
     for name, split in splits.items():
-        split.to_parquet(args.out / f"{name}.parquet")
-        print(f"{name}: {len(split)} rows -> {args.out / f'{name}.parquet'}")
+        path, partial = args.out / f"{name}.parquet", args.out / f".{name}.parquet.partial"
+        try:  # an interrupted run must not leave a truncated file where the recipes read
+            split.to_parquet(partial)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+        print(f"{name}: {len(split)} rows -> {path}")
 
 
 if __name__ == "__main__":
