@@ -11,7 +11,6 @@ merged, converted and written on its own (`shards.AccessoryShards`, `shards_writ
 built on the meta device, to check every key and shape before any data is read.
 """
 
-import json
 import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -43,7 +42,7 @@ from .accessory_encoders import (
     rename_all,
     renamed,
 )
-from .common import ConversionError, atomic_output_folder
+from .common import ConversionError, atomic_output_folder, read_json
 from .shards import AccessoryShards
 from .shards_writer import write_sharded_safetensors
 
@@ -75,18 +74,6 @@ __all__ = [
     "generation_config",
     "stop_token_sequences",
 ]
-
-
-def read_json(path: Path) -> dict:
-    try:
-        content = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConversionError(f"{path.name} is missing from {path.parent}; an Accessory checkpoint has one.") from None
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{path} is not valid JSON ({error}).") from None
-    if not isinstance(content, dict):
-        raise ConversionError(f"{path} does not hold a JSON object.")
-    return content
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -471,12 +458,12 @@ def convert_accessory(
         raise ConversionError(f"{dst} already exists; pass --overwrite to replace it.")
     if dst.resolve() == src.resolve() or dst.resolve() in src.resolve().parents:
         raise ConversionError(f"{dst} would replace the source folder {src}; choose another output folder.")
-    llama_type = read_json(src / "meta.json").get("llama_type")
+    llama_type = read_json(src / "meta.json", "an Accessory checkpoint has one.").get("llama_type")
     if llama_type not in RELEASED_LAYOUTS:
         raise ConversionError(
             f"llama_type {llama_type!r} (meta.json) is not supported; known: {', '.join(RELEASED_LAYOUTS)}."
         )
-    args = read_json(src / "config.json")
+    args = read_json(src / "config.json", "an Accessory checkpoint has one.")
     tokenizer = build_tokenizer(src)
     shards = AccessoryShards(src)
 

@@ -14,7 +14,6 @@ projector, the image tags and the skip embedding are new (initialised as the mod
 are on. The folder is written atomically, with the processor, chat template, generation config and remote code.
 """
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from sphinx_x import SphinxXForConditionalGeneration, SphinxXImageProcessor, Sph
 from sphinx_x.presets import preset_config
 
 from .accessory import convert_convnext, dinov2_position_table, generation_config
-from .common import ConversionError, write_model_folder
+from .common import ConversionError, read_json, write_model_folder
 from .internlm2 import internlm2_to_llama
 
 
@@ -65,20 +64,11 @@ OPEN_CLIP_TRUNK = "visual.trunk."
 TRUNK_PARTS = ("stem.", "stages.", "head.norm.")
 
 
-def read_json(path: Path, what: str) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConversionError(f"{path.name} is missing from {path.parent}; the {what} folder needs one.") from None
-    except json.JSONDecodeError as error:
-        raise ConversionError(f"{path} is not valid JSON ({error}).") from None
-
-
 def weight_files(folder: Path, what: str) -> list[Path]:
     """The weight files of an HF-format folder: safetensors (single or sharded) when present, else PyTorch `.bin`."""
     for index_name, single_name in HF_WEIGHTS:
         if (folder / index_name).is_file():
-            weight_map = read_json(folder / index_name, what).get("weight_map")
+            weight_map = read_json(folder / index_name, f"the {what} folder needs one.").get("weight_map")
             if not isinstance(weight_map, dict):
                 raise ConversionError(f"{folder / index_name} has no weight_map.")
             shards = sorted({folder / name for name in weight_map.values()})
@@ -117,7 +107,7 @@ def read_tensors(path: Path, wanted: Callable[[str], bool]) -> dict[str, torch.T
 
 def llm_config_json(folder: Path, preset: str) -> dict:
     """The LLM's `config.json`, checked against the format the preset is assembled from."""
-    config = read_json(folder / "config.json", "LLM")
+    config = read_json(folder / "config.json", "the LLM folder needs one.")
     found, expected = config.get("model_type"), LLM_FORMATS[preset]
     if found != expected:
         fitting = [name for name, model_type in LLM_FORMATS.items() if model_type == found]
@@ -234,7 +224,7 @@ def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, t
     The positional table is resampled from its native grid (37x37 for 518 px) to the view's grid the way the
     reference does (`dinov2_position_table`), so transformers uses it as it is instead of interpolating its own way.
     """
-    model_type = read_json(folder / "config.json", "DINOv2").get("model_type")
+    model_type = read_json(folder / "config.json", "the DINOv2 folder needs one.").get("model_type")
     if model_type != "dinov2":
         raise ConversionError(f"{folder} holds model_type {model_type!r}, not an HF Dinov2Model (dinov2).")
     weight_files(folder, "DINOv2")

@@ -1,6 +1,7 @@
-"""Pieces shared by the converters: their error type and the atomic writing of a model folder."""
+"""Pieces shared by the converters: their error type, JSON reading and the atomic writing of a model folder."""
 
 import contextlib
+import json
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -9,6 +10,22 @@ from pathlib import Path
 
 class ConversionError(ValueError):
     """A checkpoint or an argument that cannot be converted; the message names the problem and the fix."""
+
+
+def read_json(path: Path, when_missing: str) -> dict:
+    """The JSON object in `path`; a missing, unreadable or non-object file is a `ConversionError`.
+
+    `when_missing` ends the message for a missing file, e.g. "an Accessory checkpoint has one."
+    """
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConversionError(f"{path.name} is missing from {path.parent}; {when_missing}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path} is not valid JSON ({error}).") from None
+    if not isinstance(content, dict):
+        raise ConversionError(f"{path} does not hold a JSON object.")
+    return content
 
 
 @contextlib.contextmanager

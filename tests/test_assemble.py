@@ -324,6 +324,10 @@ def break_parts(parts, tmp_path, breakage):
         args["dinov2"] = broken
     elif breakage == "dinov2_is_a_llama":
         args["dinov2"] = root / "llama"
+    elif breakage == "llm_config_is_a_list":
+        shutil.copytree(root / "llama", broken)
+        (broken / "config.json").write_text("[]")
+        args["llm"] = broken
     return args
 
 
@@ -342,6 +346,7 @@ def break_parts(parts, tmp_path, breakage):
         ("convnext_without_trunk", "holds no ConvNeXt trunk"),
         ("no_dinov2_weights", "No DINOv2 weights"),
         ("dinov2_is_a_llama", "not an HF Dinov2Model"),
+        ("llm_config_is_a_list", "config.json does not hold a JSON object"),
     ],
 )
 def test_bad_parts_fail_clearly_and_write_nothing(parts, tmp_path, breakage, message):
