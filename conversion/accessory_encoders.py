@@ -161,10 +161,11 @@ CONVNEXT_RENAMES = [
 
 
 def convnext_config(shapes: Mapping, view_size: int, prefix: str = CONVNEXT_PREFIX) -> ConvNextConfig:
-    """timm ConvNeXt trunk (LayerNorm eps 1e-5 everywhere) taking `view_size` px views."""
+    """timm ConvNeXt trunk (LayerNorm eps 1e-5 everywhere) taking `view_size` px views; depths and widths are read
+    from the tensor `shapes` of the keys under `prefix`."""
     num_stages = count_indexed(shapes, re.escape(prefix) + r"stages\.(\d+)\.")
     depths = [count_indexed(shapes, re.escape(f"{prefix}stages.{s}.") + r"blocks\.(\d+)\.") for s in range(num_stages)]
-    widths = [shapes[f"{prefix}stages.{s}.blocks.0.gamma"][0] for s in range(num_stages)]
+    widths = [shapes[f"{prefix}stages.{s}.blocks.0.conv_dw.weight"][0] for s in range(num_stages)]
     return ConvNextConfig(
         num_stages=num_stages,
         depths=depths,

@@ -19,12 +19,13 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, ConvNextConfig, Dinov2Config, Dinov2Model, LlamaTokenizer, PreTrainedConfig
+from transformers import AutoConfig, Dinov2Config, Dinov2Model, LlamaTokenizer, PreTrainedConfig
 
 from sphinx_x import SphinxXForConditionalGeneration, SphinxXImageProcessor, SphinxXProcessor
 from sphinx_x.presets import preset_config
 
 from .accessory import convert_convnext, dinov2_position_table, generation_config
+from .accessory_encoders import convnext_config
 from .common import ConversionError, read_json, write_model_folder
 from .internlm2 import internlm2_to_llama
 
@@ -199,25 +200,6 @@ def load_convnext_trunk(path: Path) -> dict[str, torch.Tensor]:
     return trunk
 
 
-def convnext_trunk_config(trunk: dict[str, torch.Tensor], view_size: int) -> ConvNextConfig:
-    """ConvNeXt depths and widths read from the trunk's tensors; LayerNorm eps 1e-5 everywhere as in timm/OpenCLIP."""
-    stages = sorted({int(key.split(".")[1]) for key in trunk if key.startswith("stages.")})
-    depths = [
-        len({key.split(".")[3] for key in trunk if key.startswith(f"stages.{stage}.blocks.")}) for stage in stages
-    ]
-    widths = [trunk[f"stages.{stage}.blocks.0.conv_dw.weight"].shape[0] for stage in stages]
-    return ConvNextConfig(
-        num_stages=len(stages),
-        depths=depths,
-        hidden_sizes=widths,
-        patch_size=trunk["stem.0.weight"].shape[-1],
-        layer_norm_eps=1e-5,
-        hidden_act="gelu",
-        drop_path_rate=0.0,
-        image_size=view_size,
-    )
-
-
 def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, torch.Tensor]]:
     """DINOv2's config and weights (`Dinov2Model` names) for `view_size`-px views.
 
@@ -284,7 +266,8 @@ def assemble(
         raise ConversionError(f"{llm / 'config.json'} has no vocab_size.")
     tokenizer = load_tokenizer(llm, vocab_size)
     trunk = load_convnext_trunk(convnext)
-    convnext_config = convnext_trunk_config(trunk, template.convnext_config.image_size)
+    shapes = {key: tensor.shape for key, tensor in trunk.items()}
+    trunk_config = convnext_config(shapes, template.convnext_config.image_size, prefix="")
     dinov2_config, dinov2_state = load_dinov2(dinov2, template.dinov2_config.image_size)
     text_config, weights = load_llm(llm, llm_json)
 
@@ -295,7 +278,7 @@ def assemble(
     config = preset_config(
         preset,
         text_config=text_config,
-        convnext_config=convnext_config,
+        convnext_config=trunk_config,
         dinov2_config=dinov2_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
     )
