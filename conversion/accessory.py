@@ -330,16 +330,22 @@ def converted_tensors(
             shards.release_if_over_budget()
 
 
+def reference_tokenizer(folder: Path) -> LlamaTokenizer:
+    """The SentencePiece tokenizer in `folder` (`tokenizer.model` or `tokenizer.json`) as SPHINX uses it, with the
+    `<image>` placeholder appended (the next free id) and padding with the unknown token (id 0, as the reference)."""
+    # legacy=True keeps SentencePiece's dummy prefix after the image placeholders, so the text after the image block
+    # splits exactly as the reference's `[BOS] + sp.encode(prompt)`.
+    tokenizer = LlamaTokenizer.from_pretrained(str(folder), legacy=True, add_bos_token=True, add_eos_token=False)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    tokenizer.pad_token = tokenizer.unk_token
+    tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
+    return tokenizer
+
+
 def build_tokenizer(src: Path) -> LlamaTokenizer:
     if not (Path(src) / "tokenizer.model").is_file():
         raise ConversionError(f"tokenizer.model is missing from {src}.")
-    # legacy=True keeps SentencePiece's dummy prefix after the image placeholders, so the text after the image block
-    # splits exactly as the reference's `[BOS] + sp.encode(prompt)`.
-    tokenizer = LlamaTokenizer.from_pretrained(str(src), legacy=True, add_bos_token=True, add_eos_token=False)
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.pad_token = tokenizer.unk_token  # the reference pads with id 0
-    tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
-    return tokenizer
+    return reference_tokenizer(src)
 
 
 def stop_token_sequences(tokenizer) -> list[list[int]]:

@@ -24,7 +24,7 @@ from transformers import AutoConfig, Dinov2Config, Dinov2Model, LlamaTokenizer, 
 from sphinx_x import SphinxXForConditionalGeneration, SphinxXImageProcessor, SphinxXProcessor
 from sphinx_x.presets import preset_config
 
-from .accessory import convert_convnext, dinov2_position_table, generation_config
+from .accessory import convert_convnext, dinov2_position_table, generation_config, reference_tokenizer
 from .accessory_encoders import convnext_config
 from .common import ConversionError, read_json, write_model_folder
 from .internlm2 import internlm2_to_llama
@@ -156,21 +156,18 @@ def load_tokenizer(folder: Path, vocab_size: int) -> LlamaTokenizer:
     """The LLM's SentencePiece tokenizer with the `<image>` placeholder appended.
 
     `LlamaTokenizer` reads `tokenizer.model` (or `tokenizer.json`) whatever tokenizer class the folder names, which is
-    how InternLM2's own tokenizer is loaded without its remote code. `legacy=True` keeps SentencePiece's dummy prefix
-    after the image placeholders, so the text splits exactly as in the released SPHINX models.
+    how InternLM2's own tokenizer is loaded without its remote code. The placeholder gets the next id: the text
+    vocabulary size, or one of the spare rows of a padded embedding table.
     """
     if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
         raise ConversionError(f"{folder} has no tokenizer.model or tokenizer.json.")
-    tokenizer = LlamaTokenizer.from_pretrained(str(folder), legacy=True, add_bos_token=True, add_eos_token=False)
-    if len(tokenizer) > vocab_size:
+    tokenizer = reference_tokenizer(folder)
+    text_tokens = len(tokenizer) - 1  # without the placeholder
+    if text_tokens > vocab_size:
         raise ConversionError(
-            f"The tokenizer in {folder} has {len(tokenizer)} tokens but the LLM embeds only {vocab_size}: "
+            f"The tokenizer in {folder} has {text_tokens} tokens but the LLM embeds only {vocab_size}: "
             "ids past the embedding table would fail."
         )
-    # The placeholder gets the next id: the text vocabulary size, or one of the spare rows of a padded table.
-    tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
-    tokenizer.pad_token = tokenizer.unk_token  # the reference pads with id 0
-    tokenizer.init_kwargs.update(legacy=True, add_bos_token=True, add_eos_token=False)
     return tokenizer
 
 
