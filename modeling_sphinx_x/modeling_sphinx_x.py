@@ -106,7 +106,7 @@ class SphinxXDinov2Encoder(nn.Module):
         self.model = Dinov2Model(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, 224, 224]` -> `[N, 257, C]` (final-norm CLS token, then patch tokens)."""
+        """`[N, 3, S, S]` -> `[N, 1 + (S / patch_size)**2, C]` (final-norm CLS token, then patch tokens)."""
         # x * (std_clip / std_dino) + (mean_clip - mean_dino) / std_dino, with the constants in the pixel dtype like
         # the reference (computed per call: weights are materialised from the meta device, buffers would not be).
         clip_mean, clip_std, dino_mean, dino_std = (
@@ -126,7 +126,7 @@ class SphinxXClipEncoder(nn.Module):
         self.model = CLIPVisionModel(config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, 224, 224]` -> `[N, 257, C]`."""
+        """`[N, 3, S, S]` -> `[N, 1 + (S / patch_size)**2, C]` (CLS token, then patch tokens)."""
         return self.model.post_layernorm(self.model(pixel_values).last_hidden_state)
 
 
@@ -140,7 +140,7 @@ class SphinxXQFormerEncoder(nn.Module):
         self.qformer = Blip2QFormerModel(config.qformer_config)
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, 224, 224]` -> `[N, num_query_tokens, 768]`."""
+        """`[N, 3, S, S]` -> `[N, num_query_tokens, qformer_config.hidden_size]`."""
         image_embeds = self.vision_model(pixel_values).last_hidden_state
         image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)

@@ -164,13 +164,11 @@ SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": Tr
 
 
 def demo_encoders() -> dict:
-    """The embedded demo model's experts: small, trainable from scratch on a CPU, at the native resolution of its
-    128-px tiles and 4x4 token grids (19 positions per view). ConvNeXt keeps the fine strokes of 9-19 px
-    Set-of-Mark digits and letters: a 2-px stem and five stages (still 32 px per token), residual blocks at full
-    strength (at the usual 1e-6 layer scale a short from-scratch run leaves them nearly off) and weights drawn at
-    std 0.08 rather than 0.02 (closer to PyTorch's fan-in scale). Trained directly on the digit under a mark, it
-    reaches 0.57 at step 600 (majority 0.33); at std 0.02 it stays at chance, and with the 4-px stem it is slower
-    (0.41 at step 600, at PyTorch's init; notes of issue 4)."""
+    """The embedded demo model's experts: small enough to train from scratch, at the native resolution of its 128-px
+    tiles and 4x4 token grids (19 positions per view). The ConvNeXt keeps the 1-2 px strokes of mark digits and
+    letters with a 2-px stem and five stages (still 32 px per token); its residual blocks start at full strength
+    (layer scale 1.0: at the usual 1e-6 a short from-scratch run leaves them nearly off) and its weights at std 0.08,
+    closer to PyTorch's fan-in scale than 0.02 (issue 4's notes have the measurements)."""
     return small_encoders(
         [32, 32, 64, 128, 192],
         [1, 1, 1, 2, 1],
