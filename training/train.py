@@ -75,8 +75,9 @@ class SphinxXSFTTrainer(SFTTrainer):
             encoder_groups += [{**group, "params": encoder, "lr": self.vision_encoder_learning_rate}] if encoder else []
         if not encoder_groups:
             raise RecipeError(
-                "`freeze.vision_encoder_learning_rate` found no encoder parameter in the optimizer (FSDP and DeepSpeed "
-                "flatten them): drop it there, or train the encoders at the main learning rate."
+                "`freeze.vision_encoder_learning_rate` found no encoder parameter in the optimizer (DeepSpeed and "
+                "FSDP1 without use_orig_params flatten them): drop it there, or train the encoders at the main "
+                "learning rate."
             )
         groups += encoder_groups
         optimizer.param_groups[:] = groups  # no step taken yet: the optimizer holds no state to move
