@@ -173,6 +173,11 @@ def test_mixture_weights_caps_and_streaming(tmp_path):
 
     with pytest.raises(RecipeError, match="did you mean 'max_samples'"):
         load_mixture({"sources": [{"path": a, "max_sample": 3}]})
+    # Refused before any source is read (the paths below do not exist).
+    with pytest.raises(RecipeError, match="`weight` must be a positive number, got \\['heavy'\\]"):
+        load_mixture({"sources": [{"path": "nowhere.jsonl", "weight": "heavy"}]})
+    with pytest.raises(RecipeError, match="`stopping_strategy` must be one of first_exhausted, all_exhausted, all_"):
+        load_mixture({"sources": [{"path": "nowhere.jsonl"}], "stopping_strategy": "all"})
 
 
 def reference_labels(input_ids: list[int], segments: list[list[int]]) -> list[int]:

@@ -45,6 +45,7 @@ FEATURES = Features(
 # LLaMA2-Accessory matches `from` case-insensitively; any other speaker is an error there, a skipped record here.
 ACCESSORY_ROLES = {"human": "user", "gpt": "assistant", "assistant": "assistant"}
 MIXTURE_KEYS = {"sources", "seed", "stopping_strategy"}
+STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted", "all_exhausted_without_replacement")  # `interleave_datasets`
 SOURCE_KEYS = {"path", "format", "root", "weight", "max_samples", "streaming", "split", "subset"}
 FORMATS = ("conversations", "messages")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -204,19 +205,25 @@ def load_mixture(spec: dict | str | Path) -> Dataset | IterableDataset:
     if not sources or not isinstance(sources, list):
         raise RecipeError("A data mixture needs a non-empty list `sources`.")
     seed = spec.get("seed", 0)
+    # Checked before any source is read: loading one can mean a download or a long JSON conversion.
+    weights = [source.get("weight", 1.0) if isinstance(source, dict) else None for source in sources]
+    if not all(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 for weight in weights):
+        raise RecipeError(f"Every source's `weight` must be a positive number, got {weights}.")
+    stopping_strategy = spec.get("stopping_strategy", "first_exhausted")
+    if stopping_strategy not in STOPPING_STRATEGIES:
+        raise RecipeError(
+            f"`stopping_strategy` must be one of {', '.join(STOPPING_STRATEGIES)}, got {stopping_strategy!r}."
+        )
     datasets = [load_source(source, seed) for source in sources]
     if len(datasets) == 1:
         return datasets[0]
     if any(isinstance(dataset, IterableDataset) for dataset in datasets):
         datasets = [d if isinstance(d, IterableDataset) else d.to_iterable_dataset() for d in datasets]
-    weights = [float(source.get("weight", 1.0)) for source in sources]
-    if min(weights) <= 0:
-        raise RecipeError(f"Source weights must be positive, got {weights}.")
     return interleave_datasets(
         datasets,
         probabilities=[weight / sum(weights) for weight in weights],
         seed=seed,
-        stopping_strategy=spec.get("stopping_strategy", "first_exhausted"),
+        stopping_strategy=stopping_strategy,
     )
 
 
