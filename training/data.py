@@ -205,8 +205,9 @@ def load_mixture(spec: dict | str | Path) -> Dataset | IterableDataset:
     if not sources or not isinstance(sources, list):
         raise RecipeError("A data mixture needs a non-empty list `sources`.")
     seed = spec.get("seed", 0)
-    # Checked before any source is read: loading one can mean a download or a long JSON conversion.
-    weights = [source.get("weight", 1.0) if isinstance(source, dict) else None for source in sources]
+    # Checked before any source is read: loading one can mean a download or a long JSON conversion. A source that is
+    # not a mapping gets its own error from `load_source`.
+    weights = [source.get("weight", 1.0) if isinstance(source, dict) else 1.0 for source in sources]
     if not all(isinstance(weight, (int, float)) and not isinstance(weight, bool) and weight > 0 for weight in weights):
         raise RecipeError(f"Every source's `weight` must be a positive number, got {weights}.")
     stopping_strategy = spec.get("stopping_strategy", "first_exhausted")
