@@ -266,10 +266,12 @@ def conversion_rules(config: SphinxXConfig, keys: list[str]) -> list[Rule]:
     hidden = config.text_config.hidden_size
     std = config.text_config.initializer_range
     rules = llm_rules(config.text_config) + [
-        Rule(("start_img",), lambda tag: {"model.image_start": tag.reshape(-1)}),
-        Rule(("end_img",), lambda tag: {"model.image_end": tag.reshape(-1)}),
+        Rule(("start_img",), lambda tag: {"model.image_tags.start": tag.reshape(-1)}),
+        Rule(("end_img",), lambda tag: {"model.image_tags.end": tag.reshape(-1)}),
         # Untrained in released checkpoints (they never skip tiles); seeded, so that conversions are reproducible.
-        Rule((), lambda: {"model.image_skip": torch.randn(hidden, generator=torch.Generator().manual_seed(0)) * std}),
+        Rule((), lambda: {
+            "model.image_tags.skip": torch.randn(hidden, generator=torch.Generator().manual_seed(0)) * std
+        }),
     ]
     projector = [(r"0\.", "linear."), (r"1\.", "norm.")]
     rules += rename_all(keys, "visual_proj.", projector, "model.visual_projector.")

@@ -44,9 +44,9 @@ NEW_PARAMETERS = {
     "model.visual_projector.linear.bias",
     "model.visual_projector.norm.weight",
     "model.visual_projector.norm.bias",
-    "model.image_start",
-    "model.image_end",
-    "model.image_skip",
+    "model.image_tags.start",
+    "model.image_tags.end",
+    "model.image_tags.skip",
 }
 # Weight files of an HF folder, in order of preference: (sharded index, single file).
 HF_WEIGHTS = (

@@ -161,6 +161,17 @@ class SphinxXProjector(nn.Module):
         return self.norm(self.linear(features))
 
 
+class SphinxXImageTags(nn.Module):
+    """The learned `[hidden]` embeddings that frame every encoded view (`start`, `end`) and stand for a skipped tile
+    (`skip`). A module of their own, so that adapters can train them (peft's `modules_to_save` holds modules)."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.start = nn.Parameter(torch.zeros(hidden_size))
+        self.end = nn.Parameter(torch.zeros(hidden_size))
+        self.skip = nn.Parameter(torch.zeros(hidden_size))
+
+
 class SphinxXPreTrainedModel(PreTrainedModel):
     config: SphinxXConfig
     config_class = SphinxXConfig
@@ -185,8 +196,8 @@ class SphinxXPreTrainedModel(PreTrainedModel):
     def _init_weights(self, module):
         super()._init_weights(module)
         std = self.config.text_config.initializer_range
-        if isinstance(module, SphinxXModel):
-            for tag in (module.image_start, module.image_end, module.image_skip):
+        if isinstance(module, SphinxXImageTags):
+            for tag in (module.start, module.end, module.skip):
                 nn.init.normal_(tag, mean=0.0, std=std)
         elif isinstance(module, SphinxXQFormerEncoder):
             nn.init.normal_(module.query_tokens, mean=0.0, std=std)
@@ -212,9 +223,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             else None
         )
         # Learned tags around every encoded view, and the SPHINX-X embedding of a skipped (fully padded) tile.
-        self.image_start = nn.Parameter(torch.zeros(hidden_size))
-        self.image_end = nn.Parameter(torch.zeros(hidden_size))
-        self.image_skip = nn.Parameter(torch.zeros(hidden_size))
+        self.image_tags = SphinxXImageTags(hidden_size)
         self.language_model = AutoModel.from_config(config.text_config)
         self.post_init()
 
@@ -283,10 +292,10 @@ class SphinxXModel(SphinxXPreTrainedModel):
             view_tokens = torch.cat([self.qformer_projector(self.qformer(qformer_views)), view_tokens], dim=1)
 
         n_views, _, hidden = view_tokens.shape
-        start = self.image_start.to(view_tokens.dtype).expand(n_views, 1, hidden)
-        end = self.image_end.to(view_tokens.dtype).expand(n_views, 1, hidden)
+        start = self.image_tags.start.to(view_tokens.dtype).expand(n_views, 1, hidden)
+        end = self.image_tags.end.to(view_tokens.dtype).expand(n_views, 1, hidden)
         framed = torch.cat([start, view_tokens, end], dim=1)
-        skip = self.image_skip.to(view_tokens.dtype)[None]
+        skip = self.image_tags.skip.to(view_tokens.dtype)[None]
 
         per_image, next_view = [], 0
         for keep_row in view_mask.tolist():

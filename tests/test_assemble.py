@@ -230,7 +230,8 @@ def test_assembled_model_trains_and_generates(assembled, preset):
         loss = model(**inputs, labels=labels).loss
         loss.backward()
         if step == 0:  # the new parameters are in the graph, the skip embedding included
-            for param in (model.model.image_skip, model.model.image_start, model.model.visual_projector.linear.weight):
+            tags = model.model.image_tags
+            for param in (tags.skip, tags.start, model.model.visual_projector.linear.weight):
                 assert param.grad is not None and param.grad.abs().sum() > 0
         optimizer.step()
         optimizer.zero_grad()

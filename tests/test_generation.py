@@ -158,9 +158,9 @@ def test_training_step_with_gradient_checkpointing():
     loss = model(**inputs, labels=labels).loss
     loss.backward()
     assert torch.isfinite(loss)
-    for name in ("visual_projector.linear.weight", "image_start", "language_model.layers.0.mlp.up_proj.weight"):
+    for name in ("visual_projector.linear.weight", "image_tags.start", "language_model.layers.0.mlp.up_proj.weight"):
         assert model.model.get_parameter(name).grad is not None, name
-    assert model.model.image_skip.grad.abs().sum() > 0  # the 3:1 image skips two tiles
+    assert model.model.image_tags.skip.grad.abs().sum() > 0  # the 3:1 image skips two tiles
 
 
 def test_mixtral_router_logits_and_aux_loss():

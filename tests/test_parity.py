@@ -82,7 +82,7 @@ def test_vision_features_match_reference(converted, inputs, reference):
     assert (features.last_hidden_state - reference["image_tokens_per_view"][:, 0]).abs().max() <= 1e-4
     block = features.pooler_output[0]
     assert block.shape == (1295, 64)
-    assert torch.equal(block[0], model.image_start) and torch.equal(block[258], model.image_end)
+    assert torch.equal(block[0], model.image_tags.start) and torch.equal(block[258], model.image_tags.end)
 
 
 def test_logits_match_reference(converted, inputs, reference):

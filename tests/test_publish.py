@@ -100,7 +100,7 @@ def test_auto_map_must_point_at_shipped_code(folder, hf_api):
 def test_sharded_weights_need_every_shard_of_the_index(folder, hf_api):
     shards = ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"]
     (folder / "model.safetensors").rename(folder / shards[0])
-    index = {"metadata": {}, "weight_map": {"lm_head.weight": shards[0], "model.image_start": shards[1]}}
+    index = {"metadata": {}, "weight_map": {"lm_head.weight": shards[0], "model.image_tags.start": shards[1]}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match=re.escape(shards[1])):
         publish(folder, "org/sphinx-tiny-1k", dry_run=True)

@@ -62,7 +62,7 @@ def record_calls(model):
 def assert_image_block(block: torch.Tensor, tile_mask, model):
     """`block` `[n, hidden]`: the image positions of one image, checked view by view against the layout."""
     inner = model.model
-    start, end, skip = (tag.detach() for tag in (inner.image_start, inner.image_end, inner.image_skip))
+    start, end, skip = (tag.detach() for tag in (inner.image_tags.start, inner.image_tags.end, inner.image_tags.skip))
     assert block.shape[0] == expected_positions(tile_mask)
     cursor = 0
     for keep in [True, *[bool(k) for k in tile_mask]]:
@@ -250,7 +250,7 @@ def test_batch_with_different_masks_matches_single_samples(tiny_model_and_proces
 def test_skip_embedding_is_trained_only_when_a_tile_is_skipped():
     model, processor = make_tiny_model_and_processor(seed=1)
     model.train()
-    skip = model.model.image_skip
+    skip = model.model.image_tags.skip
     assert isinstance(skip, torch.nn.Parameter) and skip.requires_grad
     assert any(p is skip for p in model.parameters())
     assert skip.shape == (model.config.text_config.hidden_size,)
@@ -261,7 +261,7 @@ def test_skip_embedding_is_trained_only_when_a_tile_is_skipped():
         logits = model(**inputs).logits
         targets = torch.randint(0, logits.shape[-1], logits.shape[:2], generator=torch.Generator().manual_seed(0))
         torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten()).backward()
-        assert model.model.image_start.grad is not None and model.model.image_start.grad.abs().sum() > 0
+        assert model.model.image_tags.start.grad is not None and model.model.image_tags.start.grad.abs().sum() > 0
         return skip.grad
 
     grad = grad_of_skip(random_image(600, 200))

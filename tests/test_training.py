@@ -207,8 +207,8 @@ def test_full_fine_tuning_end_to_end(tmp_path):
         changed = not torch.equal(before[name], after[name])
         if name.startswith(("model.convnext.", "model.dinov2.")):
             assert not changed, name
-    for name in ("model.visual_projector.linear.weight", "model.image_start", "model.image_skip", "lm_head.weight",
-                 "model.language_model.layers.0.mlp.up_proj.weight"):
+    for name in ("model.visual_projector.linear.weight", "model.image_tags.start", "model.image_tags.skip",
+                 "lm_head.weight", "model.language_model.layers.0.mlp.up_proj.weight"):
         assert not torch.equal(before[name], after[name]), name
 
     out = tmp_path / "out"
