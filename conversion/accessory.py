@@ -358,15 +358,16 @@ def stop_token_sequences(tokenizer) -> list[list[int]]:
     return [list(seq) for seq in dict.fromkeys([tuple(as_segment), tuple(glued)]) if seq]
 
 
-def generation_config(tokenizer) -> GenerationConfig:
-    """Greedy decoding that stops at EOS or at the reference terminator `"\\n###"`."""
+def generation_config(tokenizer, stop_at_terminator: bool = True) -> GenerationConfig:
+    """Greedy decoding that stops at EOS, and at the reference terminator `"\\n###"` unless `stop_at_terminator` is
+    off (chat formats whose turns end with EOS, as ChatML's `<|im_end|>`)."""
     return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         max_new_tokens=512,
         do_sample=False,
-        stop_token_sequences=stop_token_sequences(tokenizer),
+        stop_token_sequences=stop_token_sequences(tokenizer) if stop_at_terminator else None,
     )
 
 

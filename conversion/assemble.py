@@ -2,12 +2,15 @@
 
 The parts come in the formats their authors publish:
 
-* the LLM: an HF folder (`config.json`, safetensors or `.bin` weights, tokenizer) of TinyLlama / LLaMA-2 (`llama`) or
-  Mixtral (`mixtral`), or InternLM2 in its own format (`model_type: internlm2`, remote code), converted to Llama;
+* the LLM: an HF folder (`config.json`, safetensors or `.bin` weights, tokenizer) of TinyLlama / LLaMA-2 / SmolLM2
+  (`llama`) or Mixtral (`mixtral`), InternLM2 in its own format (`model_type: internlm2`, remote code), converted to
+  Llama, or a GGUF file (or a folder holding one), dequantised by transformers; SentencePiece or BPE tokenizers, tied
+  or separate output embeddings;
 * ConvNeXt-XXLarge: the LAION-2B CLIP model as open_clip publishes it (`open_clip_model.safetensors` or
   `open_clip_pytorch_model.bin` holding the whole CLIP; only `visual.trunk.*` is kept), or the timm trunk
   (`model.safetensors` with `stem.*`, `stages.*`, `head.norm.*` at top level);
-* DINOv2: an HF `Dinov2Model` folder (`facebook/dinov2-giant`).
+* DINOv2: an HF `Dinov2Model` folder of any size (`facebook/dinov2-giant`, or ViT-S/14 for the demo);
+* presets whose ConvNeXt is trained from scratch (`sphinx-x-demo`) take none: it is initialised at the preset's size.
 
 The preset gives the LLM family, the canvas and the encoder view sizes; every size comes from the parts. The
 projector, the image tags and the skip embedding are new (initialised as the model initialises them) and skip tokens
@@ -19,10 +22,19 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from transformers import AutoConfig, Dinov2Config, Dinov2Model, LlamaTokenizer, PreTrainedConfig
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    Dinov2Config,
+    Dinov2Model,
+    GgufConfig,
+    PreTrainedConfig,
+)
 
 from sphinx_x import SphinxXForConditionalGeneration, SphinxXImageProcessor, SphinxXProcessor
 from sphinx_x.presets import preset_config
+from sphinx_x.processors.processing_sphinx_x import CHATML_TEMPLATE
 
 from .accessory import convert_convnext, dinov2_position_table, generation_config, reference_tokenizer
 from .accessory_encoders import convnext_config
@@ -37,7 +49,11 @@ LLM_FORMATS = {
     "sphinx-x-internlm2-7b": "internlm2",
     "sphinx-x-llama2-13b": "llama",
     "sphinx-x-moe": "mixtral",
+    "sphinx-x-demo": "llama",
 }
+# Presets whose ConvNeXt expert is new (a small reader trained with the rest), not a published checkpoint.
+FRESH_CONVNEXT = {"sphinx-x-demo"}
+CONVNEXT_PREFIX = "model.convnext."
 # Parameters no part provides: initialised by the model, trained by one-stage training.
 NEW_PARAMETERS = {
     "model.visual_projector.linear.weight",
@@ -48,6 +64,7 @@ NEW_PARAMETERS = {
     "model.image_tags.end",
     "model.image_tags.skip",
 }
+GGUF_SUFFIX = ".gguf"
 # Weight files of an HF folder, in order of preference: (sharded index, single file).
 HF_WEIGHTS = (
     ("model.safetensors.index.json", "model.safetensors"),
@@ -106,9 +123,28 @@ def read_tensors(path: Path, wanted: Callable[[str], bool]) -> dict[str, torch.T
         raise ConversionError(f"Cannot read {path}: {error}") from None
 
 
+def gguf_file(path: Path) -> Path | None:
+    """The GGUF file an LLM path names: the path itself, or the only `.gguf` of a folder without `config.json`."""
+    if path.is_file():
+        if path.suffix != GGUF_SUFFIX:
+            raise ConversionError(f"The LLM path {path} is a file but not a .gguf file; give the HF model folder.")
+        return path
+    if (path / "config.json").is_file():
+        return None
+    found = sorted(path.glob(f"*{GGUF_SUFFIX}"))
+    if len(found) > 1:
+        raise ConversionError(f"{path} holds several GGUF files ({', '.join(f.name for f in found)}); name one.")
+    return found[0] if found else None
+
+
 def llm_config_json(folder: Path, preset: str) -> dict:
-    """The LLM's `config.json`, checked against the format the preset is assembled from."""
-    config = read_json(folder / "config.json", "the LLM folder needs one.")
+    """The LLM's `config.json` (for a GGUF file, the config transformers reads from it), checked against the format
+    the preset is assembled from."""
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        config = AutoConfig.from_pretrained(gguf.parent, gguf_file=gguf.name).to_dict()
+    else:
+        config = read_json(folder / "config.json", "the LLM folder needs one.")
     found, expected = config.get("model_type"), LLM_FORMATS[preset]
     if found != expected:
         fitting = [name for name, model_type in LLM_FORMATS.items() if model_type == found]
@@ -124,14 +160,20 @@ def load_llm(folder: Path, config_json: dict) -> tuple[PreTrainedConfig, dict[st
 
     Weights keep the layout of the files (transformers converts e.g. Mixtral's per-expert tensors when loading).
     """
-    state = {}
-    for path in weight_files(folder, "LLM"):
-        # Older checkpoints saved RoPE's `inv_freq` buffers; transformers recomputes them from the config.
-        state.update(read_tensors(path, lambda key: not key.endswith("rotary_emb.inv_freq")))
-    if config_json["model_type"] == "internlm2":
-        state, text_config = internlm2_to_llama(state, config_json)
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        text_config, state = load_gguf_llm(gguf)
     else:
-        text_config = AutoConfig.from_pretrained(folder)
+        state = {}
+        for path in weight_files(folder, "LLM"):
+            # Older checkpoints saved RoPE's `inv_freq` buffers; transformers recomputes them from the config.
+            state.update(read_tensors(path, lambda key: not key.endswith("rotary_emb.inv_freq")))
+        if config_json["model_type"] == "internlm2":
+            state, text_config = internlm2_to_llama(state, config_json)
+        else:
+            text_config = AutoConfig.from_pretrained(folder)
+    if getattr(text_config, "tie_word_embeddings", False):
+        state.pop("lm_head.weight", None)  # the output layer is the token embedding
 
     weights, unknown = {}, []
     for key, tensor in state.items():
@@ -152,16 +194,43 @@ def load_llm(folder: Path, config_json: dict) -> tuple[PreTrainedConfig, dict[st
     return text_config, weights
 
 
-def load_tokenizer(folder: Path, vocab_size: int) -> LlamaTokenizer:
-    """The LLM's SentencePiece tokenizer with the `<image>` placeholder appended.
+def load_gguf_llm(path: Path) -> tuple[PreTrainedConfig, dict[str, torch.Tensor]]:
+    """The text config and float32 weights (transformers names) of a GGUF causal LM, dequantised by transformers."""
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path.parent, gguf_file=path.name, quantization_config=GgufConfig(dequantize=True), dtype=torch.float32
+        )
+    except ImportError as error:
+        raise ConversionError(f'Reading GGUF needs the "gguf" package ({error}): pip install gguf') from None
+    except (OSError, ValueError, KeyError) as error:
+        raise ConversionError(f"Cannot read the GGUF LLM {path}: {error}") from None
+    config = model.config
+    config.name_or_path = ""
+    return config, dict(model.state_dict())
 
-    `LlamaTokenizer` reads `tokenizer.model` (or `tokenizer.json`) whatever tokenizer class the folder names, which is
-    how InternLM2's own tokenizer is loaded without its remote code. The placeholder gets the next id: the text
-    vocabulary size, or one of the spare rows of a padded embedding table.
+
+def load_tokenizer(folder: Path, vocab_size: int):
+    """The LLM's tokenizer with the `<image>` placeholder appended.
+
+    A SentencePiece `tokenizer.model` is read as the reference reads it: `LlamaTokenizer` (whatever tokenizer class
+    the folder names, which is how InternLM2's own tokenizer is loaded without its remote code). A BPE tokenizer
+    (`tokenizer.json`, or the one inside a GGUF file) loads with `AutoTokenizer` and pads with its own pad token, or
+    EOS. The placeholder gets the next id: the text vocabulary size, or one of the spare rows of a padded embedding
+    table.
     """
-    if not any((folder / name).is_file() for name in ("tokenizer.model", "tokenizer.json")):
+    gguf = gguf_file(folder)
+    if gguf is not None:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    elif (folder / "tokenizer.model").is_file():
+        tokenizer = reference_tokenizer(folder)
+    elif (folder / "tokenizer.json").is_file():
+        tokenizer = AutoTokenizer.from_pretrained(folder)
+    else:
         raise ConversionError(f"{folder} has no tokenizer.model or tokenizer.json.")
-    tokenizer = reference_tokenizer(folder)
+    if "<image>" not in tokenizer.get_vocab():
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
     text_tokens = len(tokenizer) - 1  # without the placeholder
     if text_tokens > vocab_size:
         raise ConversionError(
@@ -223,7 +292,7 @@ def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, t
 def assemble(
     preset: str,
     llm: str | Path,
-    convnext: str | Path,
+    convnext: str | Path | None,
     dinov2: str | Path,
     dst: str | Path,
     *,
@@ -233,10 +302,12 @@ def assemble(
     """Build an untrained SPHINX-X from its parts and write it, with its processor, as a transformers folder.
 
     Args:
-        preset: one of `LLM_FORMATS` (`sphinx-x-tiny`, `sphinx-x-internlm2-7b`, `sphinx-x-llama2-13b`, `sphinx-x-moe`):
-            the LLM family, canvas (2x2 tiles of 512 px), encoder view sizes and skip tokens.
-        llm: folder of the LLM (HF Llama / Mixtral, or InternLM2 in its own format), tokenizer included.
-        convnext: open_clip CLIP ConvNeXt folder or file, or a timm ConvNeXt trunk checkpoint.
+        preset: one of `LLM_FORMATS` (`sphinx-x-tiny`, `sphinx-x-internlm2-7b`, `sphinx-x-llama2-13b`, `sphinx-x-moe`,
+            `sphinx-x-demo`): the LLM family, canvas, encoder view sizes and skip tokens.
+        llm: folder of the LLM (HF Llama / Mixtral, or InternLM2 in its own format), tokenizer included, or a GGUF
+            file or a folder holding one.
+        convnext: open_clip CLIP ConvNeXt folder or file, or a timm ConvNeXt trunk checkpoint; `None` for the
+            presets of `FRESH_CONVNEXT`, whose ConvNeXt is initialised at the preset's size.
         dinov2: HF Dinov2Model folder.
         dst: output folder, written atomically; an existing one is replaced only with `overwrite`.
         dtype: dtype of the written weights.
@@ -246,11 +317,15 @@ def assemble(
     """
     if preset not in LLM_FORMATS:
         raise ConversionError(f"Unknown SPHINX-X preset {preset!r}; choose one of: {', '.join(LLM_FORMATS)}.")
-    llm, convnext, dinov2, dst = Path(llm), Path(convnext), Path(dinov2), Path(dst)
-    for folder, what in ((llm, "LLM"), (dinov2, "DINOv2")):
-        if not folder.is_dir():
-            raise ConversionError(f"The {what} path {folder} is not a folder.")
-    if not convnext.exists():
+    llm, dinov2, dst = Path(llm), Path(dinov2), Path(dst)
+    if not dinov2.is_dir():
+        raise ConversionError(f"The DINOv2 path {dinov2} is not a folder.")
+    if not (llm.is_dir() or llm.suffix == GGUF_SUFFIX and llm.is_file()):
+        raise ConversionError(f"The LLM path {llm} is neither a folder nor a .gguf file.")
+    if (convnext is None) != (preset in FRESH_CONVNEXT):
+        need = "takes no --convnext: its ConvNeXt is new" if preset in FRESH_CONVNEXT else "needs --convnext"
+        raise ConversionError(f"--preset {preset} {need}.")
+    if convnext is not None and not Path(convnext).exists():
         raise ConversionError(f"The ConvNeXt path {convnext} does not exist.")
     if dst.exists() and not overwrite:
         raise ConversionError(f"{dst} already exists; pass --overwrite to replace it.")
@@ -262,9 +337,12 @@ def assemble(
     if not isinstance(vocab_size, int):
         raise ConversionError(f"{llm / 'config.json'} has no vocab_size.")
     tokenizer = load_tokenizer(llm, vocab_size)
-    trunk = load_convnext_trunk(convnext)
-    shapes = {key: tensor.shape for key, tensor in trunk.items()}
-    trunk_config = convnext_config(shapes, template.convnext_config.image_size, prefix="")
+    if convnext is None:
+        trunk, trunk_config = {}, template.convnext_config
+    else:
+        trunk = load_convnext_trunk(Path(convnext))
+        shapes = {key: tensor.shape for key, tensor in trunk.items()}
+        trunk_config = convnext_config(shapes, template.convnext_config.image_size, prefix="")
     dinov2_config, dinov2_state = load_dinov2(dinov2, template.dinov2_config.image_size)
     text_config, weights = load_llm(llm, llm_json)
 
@@ -278,8 +356,10 @@ def assemble(
         convnext_config=trunk_config,
         dinov2_config=dinov2_config,
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        tie_word_embeddings=getattr(text_config, "tie_word_embeddings", False),
     )
-    weights.update(convert_convnext(trunk, prefix=""))
+    if trunk:
+        weights.update(convert_convnext(trunk, prefix=""))
     weights.update({f"model.dinov2.model.{key}": tensor for key, tensor in dinov2_state.items()})
     try:
         # transformers places the tensors (converting file layouts to its own) and initialises the new parameters; its
@@ -289,7 +369,8 @@ def assemble(
         )
     except RuntimeError as error:  # shape mismatches: a part's config.json disagrees with its tensors
         raise ConversionError(f"The parts do not fit together: {error}") from None
-    missing = set(info["missing_keys"]) - NEW_PARAMETERS
+    fresh = NEW_PARAMETERS | {key for key in info["missing_keys"] if not trunk and key.startswith(CONVNEXT_PREFIX)}
+    missing = set(info["missing_keys"]) - fresh
     if missing or info["unexpected_keys"]:
         raise ConversionError(
             f"The parts do not fill the model: missing {sorted(missing)[:8]}, unexpected "
@@ -297,8 +378,11 @@ def assemble(
         )
 
     image_processor = SphinxXImageProcessor.from_model_config(config)
-    processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
-    model.generation_config = generation_config(tokenizer)
+    chatml = "<|im_start|>" in (tokenizer.chat_template or "")
+    processor = SphinxXProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML_TEMPLATE if chatml else None
+    )
+    model.generation_config = generation_config(tokenizer, stop_at_terminator=not chatml)
     return write_model_folder(model, processor, dst, overwrite=overwrite)
 
 

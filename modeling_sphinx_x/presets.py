@@ -54,7 +54,9 @@ def blip2_qformer() -> Blip2Config:
     )
 
 
-def llama(hidden, intermediate, layers, heads, kv_heads, vocab=32000, theta=10000.0, max_positions=4096) -> LlamaConfig:
+def llama(
+    hidden, intermediate, layers, heads, kv_heads, vocab=32000, theta=10000.0, max_positions=4096, tie=False
+) -> LlamaConfig:
     return LlamaConfig(
         vocab_size=vocab,
         hidden_size=hidden,
@@ -65,7 +67,7 @@ def llama(hidden, intermediate, layers, heads, kv_heads, vocab=32000, theta=1000
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": theta},
         max_position_embeddings=max_positions,
-        tie_word_embeddings=False,
+        tie_word_embeddings=tie,
         bos_token_id=1,
         eos_token_id=2,
         pad_token_id=0,
@@ -128,6 +130,7 @@ def small_encoders(
     convnext_layer_scale=1e-6,
     convnext_patch_size=4,
     convnext_initializer_range=0.02,
+    dinov2_swiglu=True,
 ) -> dict:
     """A narrow ConvNeXt + DINOv2 pair with SPHINX-X's norms, SwiGLU and layer scale (tests, demo, benchmarks)."""
     return {
@@ -146,7 +149,7 @@ def small_encoders(
             num_hidden_layers=dinov2_layers,
             num_attention_heads=dinov2_heads,
             mlp_ratio=dinov2_mlp_ratio,
-            use_swiglu_ffn=True,
+            use_swiglu_ffn=dinov2_swiglu,
             image_size=dinov2_view,
             patch_size=14,
             layer_norm_eps=1e-6,
@@ -164,23 +167,28 @@ SPHINX_X_CANVAS = {"tile_size": 512, "image_grid": [2, 2], "use_skip_tokens": Tr
 
 
 def demo_encoders() -> dict:
-    """The embedded demo model's experts: small enough to train from scratch, at the native resolution of its 128-px
-    tiles and 4x4 token grids (19 positions per view). The ConvNeXt keeps the 1-2 px strokes of mark digits and
-    letters with a 2-px stem and five stages (still 32 px per token); its residual blocks start at full strength
-    (layer scale 1.0: at the usual 1e-6 a short from-scratch run leaves them nearly off) and its weights at std 0.08,
-    closer to PyTorch's fan-in scale than 0.02 (issue 4's notes have the measurements)."""
+    """The demo model's experts on its 2x2 canvas of 112-px tiles, both with an 8x8 token grid (67 positions per
+    view): the pretrained DINOv2 ViT-S/14 at 112 px (native 14-px patches on the tiles), and a small ConvNeXt trained
+    from scratch to read marks and characters, at 128 px with a 2-px stem (the strokes of a 10-px digit survive)."""
     return small_encoders(
-        [32, 32, 64, 128, 192],
-        [1, 1, 1, 2, 1],
+        [32, 64, 128, 192],
+        [1, 1, 2, 1],
         128,
-        128,
-        3,
-        4,
-        56,
+        384,
+        12,
+        6,
+        112,
+        dinov2_mlp_ratio=4,
         convnext_layer_scale=1.0,
         convnext_patch_size=2,
         convnext_initializer_range=0.08,
+        dinov2_swiglu=False,
     )
+
+
+# SmolLM2-135M-Instruct: Llama layout, tied input and output embeddings.
+SMOLLM2_135M = dict(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, theta=1e5,
+                    max_positions=8192)
 
 
 PRESETS = {
@@ -234,13 +242,15 @@ PRESETS = {
         "image_grid": [2, 2],
         "use_skip_tokens": False,
     },
-    # The embedded demo model (`sphinx-x chat` without --model): a 256 px canvas of 2x2 tiles, ~5 M parameters.
+    # The embedded demo model (`sphinx-x chat` without --model): SmolLM2-135M-Instruct with a pretrained DINOv2-S and
+    # a small ConvNeXt, on a 224-px canvas of 2x2 tiles (see `sphinx_x.demo`).
     "sphinx-x-demo": lambda: {
-        "text_config": llama(256, 768, 4, 4, 4, vocab=512),
+        "text_config": llama(**SMOLLM2_135M, tie=True),
         **demo_encoders(),
-        "tile_size": 128,
+        "tile_size": 112,
         "image_grid": [2, 2],
         "use_skip_tokens": True,
+        "tie_word_embeddings": True,
     },
     # Tiny random models for tests and benchmarks: real geometry and token counts, small widths.
     "tiny-random": lambda: {"text_config": llama(64, 128, 2, 4, 2, vocab=512), **tiny_encoders(), **SPHINX_X_CANVAS},

@@ -42,6 +42,28 @@ CHAT_TEMPLATE = (
     "{%- elif messages and messages[-1]['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
 )
 STOP_STRING = "\n###"
+# ChatML (`<|im_start|>role\n...<|im_end|>\n`), for LLMs instruction-tuned in it (the demo's SmolLM2): keeping the
+# format an LLM was tuned with keeps its instruction following. Images stay where they are in the conversation, each
+# `<image>` at the start of its user turn; assistant text and its `<|im_end|>` are the generation (loss) span.
+CHATML_SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+CHATML_TEMPLATE = (
+    "{%- macro text_of(message) -%}"
+    "{%- if message['content'] is string -%}{{- message['content'] | trim -}}"
+    "{%- else -%}{{- message['content'] | selectattr('type', 'equalto', 'text') | map(attribute='text') | join(' ')"
+    " | trim -}}{%- endif -%}"
+    "{%- endmacro -%}"
+    "{%- if not messages or messages[0]['role'] != 'system' -%}"
+    "{{- '<|im_start|>system\\n" + CHATML_SYSTEM_PROMPT + "<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'assistant' -%}{{- '<|im_start|>assistant\\n' -}}"
+    "{%- generation -%}{{- text_of(message) + '<|im_end|>' -}}{%- endgeneration -%}{{- '\\n' -}}"
+    "{%- else -%}{{- '<|im_start|>' + message['role'] + '\\n' -}}"
+    "{%- if message['content'] is not string -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}<image>{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{{- text_of(message) + '<|im_end|>\\n' -}}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\\n' -}}{%- endif -%}"
+)
 
 
 class SphinxXProcessorKwargs(ProcessingKwargs, total=False):
@@ -58,7 +80,8 @@ class SphinxXProcessor(ProcessorMixin):
 
     Args:
         image_processor (`SphinxXImageProcessor`), tokenizer (`LlamaTokenizer`-style, with an `<image>` token),
-        chat_template (`str`, *optional*): defaults to the reference conversation format.
+        chat_template (`str`, *optional*): defaults to the reference conversation format (`CHAT_TEMPLATE`); LLMs tuned
+            on ChatML use `CHATML_TEMPLATE`.
     """
 
     valid_processor_kwargs = SphinxXProcessorKwargs
@@ -124,4 +147,4 @@ class SphinxXProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "pixel_values", "image_tile_mask"]
 
 
-__all__ = ["SphinxXProcessor"]
+__all__ = ["CHATML_TEMPLATE", "CHAT_TEMPLATE", "SphinxXProcessor"]

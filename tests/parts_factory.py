@@ -316,3 +316,44 @@ def write_dinov2(folder: Path, seed: int = 4) -> Dinov2Model:
     model = randomize_(Dinov2Model(config), seed=seed)
     model.save_pretrained(folder)
     return model
+
+
+CHATML = (
+    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + "
+    "'\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def write_bpe_llama(folder: Path, seed: int = 6) -> LlamaForCausalLM:
+    """A Llama folder as SmolLM2 publishes it: tied input and output embeddings (no `lm_head.weight` saved) and a
+    byte-level BPE `tokenizer.json` with ChatML special tokens and chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    text = ["What is in the picture? A red circle, a blue square and a green triangle.", "The capital of France."]
+    bpe.train_from_iterator(text * 50, trainer)
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                        unk_token="<|endoftext|>", pad_token="<|im_end|>")
+    tokenizer.chat_template = CHATML
+    torch.manual_seed(seed)
+    config = tiny_llama_config(vocab_size=len(tokenizer), tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    model = randomize_(LlamaForCausalLM(config), seed=seed)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model
+
+
+def write_plain_dinov2(folder: Path, seed: int = 7) -> Dinov2Model:
+    """An HF Dinov2Model folder of a ViT-S/B/L kind (plain GELU MLP), narrow and shallow."""
+    torch.manual_seed(seed)
+    config = Dinov2Config(hidden_size=48, num_hidden_layers=2, num_attention_heads=3, mlp_ratio=4,
+                          use_swiglu_ffn=False, image_size=518, patch_size=14, layer_norm_eps=1e-6)
+    model = randomize_(Dinov2Model(config), seed=seed)
+    model.save_pretrained(folder)
+    return model

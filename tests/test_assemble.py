@@ -370,3 +370,81 @@ def test_an_existing_output_is_replaced_only_with_overwrite(parts, tmp_path):
     assert [path.name for path in dst.iterdir()] == ["keep.txt"]
     assemble(*args, dst, overwrite=True)
     assert (dst / "config.json").is_file() and not (dst / "keep.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The demo preset: a tied BPE LLM in ChatML, a DINOv2 of another size, a new ConvNeXt
+
+
+@pytest.fixture(scope="module")
+def demo_assembled(parts):
+    root = parts["root"]
+    llm = parts_factory.write_bpe_llama(root / "bpe_llama")
+    dinov2 = parts_factory.write_plain_dinov2(root / "plain_dinov2")
+    folder = assemble("sphinx-x-demo", root / "bpe_llama", None, root / "plain_dinov2", root / "demo",
+                      dtype=torch.float32)
+    return folder, llm, dinov2
+
+
+def test_demo_preset_takes_a_tied_bpe_llm_and_a_new_convnext(demo_assembled):
+    folder, llm, _ = demo_assembled
+    model, processor = load(folder)
+    config = model.config
+    assert config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
+    assert torch.equal(model.lm_head.weight, llm.lm_head.weight)
+    assert config.convnext_config.hidden_sizes == [32, 64, 128, 192] and config.token_grid_size == 8
+    assert processor.tokenizer.convert_tokens_to_ids("<image>") == config.image_token_id == len(processor.tokenizer) - 1
+    # The LLM's own chat format, with the image in its turn; answers end with <|im_end|>, which stops generation.
+    rendered = processor.apply_chat_template(chat("x.png", "a cat"), tokenize=False)
+    assert rendered.startswith("<|im_start|>system\n")
+    assert "<|im_start|>user\n<image>What is in the picture?" in rendered
+    assert rendered.endswith("<|im_start|>assistant\na cat<|im_end|>\n")
+    assert model.generation_config.eos_token_id == processor.tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert not model.generation_config.stop_token_sequences
+    ids = processor.tokenizer("<|im_start|>user\nWhat is in the picture?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        assert torch.allclose(model(input_ids=ids).logits, llm(input_ids=ids).logits, atol=1e-5)
+
+
+def test_demo_preset_dinov2_features_equal_the_source(demo_assembled):
+    folder, _, dinov2 = demo_assembled
+    model, _ = load(folder)
+    source = copy.deepcopy(dinov2)  # given the reference's resampled table (37x37 -> 8x8 + cls) for 112-px views
+    source.embeddings.position_embeddings = torch.nn.Parameter(
+        dinov2_position_table(source.embeddings.position_embeddings.detach(), 8)
+    )
+    views = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        got = model.model.dinov2.model(views).last_hidden_state
+        torch.testing.assert_close(got, source(views).last_hidden_state)
+    assert got.shape == (2, 65, 48)
+
+
+def test_demo_preset_trains_its_tags_under_lora(demo_assembled):
+    from peft import LoraConfig, get_peft_model
+
+    from sphinx_x.training.models import LLM_LINEAR_LAYERS
+
+    model, processor = load(demo_assembled[0])
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=LLM_LINEAR_LAYERS,
+                                                  modules_to_save=["visual_projector", "image_tags", "convnext"]))
+    trainable = {name for name, parameter in peft_model.named_parameters() if parameter.requires_grad}
+    assert any("image_tags.modules_to_save" in name for name in trainable)
+    assert any("convnext.modules_to_save" in name for name in trainable)
+    assert not any(".dinov2." in name for name in trainable)
+    inputs = processor.apply_chat_template(chat(Image.new("RGB", (90, 30), "red"), "red"), tokenize=True,
+                                           return_dict=True, return_tensors="pt")
+    peft_model(**inputs, labels=inputs["input_ids"]).loss.backward()
+    tags = peft_model.base_model.model.model.image_tags.modules_to_save["default"]
+    assert tags.start.grad.abs().sum() > 0 and tags.skip.grad.abs().sum() > 0  # a 3:1 image skips two tiles
+
+
+@pytest.mark.parametrize("preset, convnext, message", [
+    ("sphinx-x-demo", "timm", "takes no --convnext"),
+    ("sphinx-x-tiny", None, "needs --convnext"),
+])
+def test_convnext_is_new_only_for_the_demo_preset(parts, tmp_path, preset, convnext, message):
+    root = parts["root"]
+    with pytest.raises(ConversionError, match=message):
+        assemble(preset, root / "llama", None if convnext is None else root / convnext, root / "dinov2", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
