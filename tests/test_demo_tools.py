@@ -10,8 +10,9 @@ import pytest
 from datasets import Dataset
 
 from sphinx_x.training.demo import make_data
-from sphinx_x.training.demo.evaluate import evaluate, score
+from sphinx_x.training.demo.evaluate import evaluate, heldout_rows, score
 from sphinx_x.training.demo.plot_loss import main as plot_loss_main
+from sphinx_x.training.demo.text_chat import HELDOUT, keyword_hit, training_prompts
 from sphinx_x.training.synthetic.dataset import make_mixture
 
 from conftest import make_tiny_model_and_processor
@@ -22,6 +23,8 @@ from conftest import make_tiny_model_and_processor
     [
         ("som_color", " Red", "red", True),
         ("som_color", "blue", "red", False),
+        ("count", "3", "3", True),
+        ("count", "3 shapes", "3", False),
         ("ocr_code", "UJNW", "UJNW", True),
         ("ocr_code", "UJN", "UJNW", False),
         ("grounding_rec", "[0.10,0.10,0.50,0.50]", "[0.12,0.10,0.50,0.52]", True),
@@ -35,14 +38,32 @@ def test_scoring_rules(task, prediction, answer, correct):
 
 def test_evaluation_runs_end_to_end(tmp_path):
     model, processor = make_tiny_model_and_processor()
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
     heldout = make_mixture(0, {"ocr_code": 1}, {"som_color": 2, "ocr_code": 2, "grounding_rec": 2})["heldout"]
     heldout.to_parquet(tmp_path / "heldout.parquet")
-    results = evaluate(str(tmp_path / "model"), str(tmp_path / "heldout.parquet"), per_task=1, batch_size=2)
+    rows = heldout_rows(str(tmp_path / "heldout.parquet"), per_task=1)
+    results = evaluate(model, processor, rows, batch_size=2)
     assert {task: counts["total"] for task, counts in results.items()} == {"som_color": 1, "ocr_code": 1,
                                                                           "grounding_rec": 1}
     assert all(0.0 <= counts["accuracy"] <= 1.0 for counts in results.values())
+
+
+def test_heldout_rows_without_a_file_are_make_datas_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 1})
+    monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"count": 3, "ocr_code": 2})
+    make_data.main([str(tmp_path)])
+    written = pq.read_table(tmp_path / "heldout.parquet").column("sample_id").to_pylist()
+    assert heldout_rows(None, None)["sample_id"] == written
+    assert heldout_rows(None, 1)["sample_id"] == [written[0], written[3]]
+
+
+def test_text_check_keywords_and_training_prompts():
+    assert keyword_hit("The capital of France is Paris.", ["paris"])
+    assert not keyword_hit("I do not know.", ["paris"])
+    assert keyword_hit("2 plus 3 is 5.", ["5", "five"]) and not keyword_hit("It is 15.", ["5"])
+    assert keyword_hit("APPLE", ["APPLE"]) and not keyword_hit("apple", ["APPLE"])
+    prompts = training_prompts(200)
+    assert len(set(prompts)) == 200 and not set(prompts) & {prompt for prompt, _ in HELDOUT}
+    assert training_prompts(200) == prompts  # seeded
 
 
 def test_loss_plot_of_two_stages(tmp_path):
@@ -65,22 +86,19 @@ def test_loss_plot_of_two_stages(tmp_path):
 def test_make_data_scale_multiplies_the_train_rows_only(tmp_path, monkeypatch):
     monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 3, "ocr_code": 2})
     monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"som_color": 2})
-    monkeypatch.setattr(make_data, "WARMUP_SIZES", {"som_color": 2})
     make_data.main([str(tmp_path / "x1")])
     make_data.main([str(tmp_path / "x2"), "--scale", "2"])
     rows = {name: {scale: pq.read_table(tmp_path / scale / f"{name}.parquet").column("sample_id").to_pylist()
-                   for scale in ("x1", "x2")} for name in ("train", "heldout", "warmup")}
+                   for scale in ("x1", "x2")} for name in ("train", "heldout")}
     assert (len(rows["train"]["x1"]), len(rows["train"]["x2"])) == (5, 10)
     assert set(rows["train"]["x1"]) < set(rows["train"]["x2"])  # the same generator, more indices
-    assert rows["heldout"]["x1"] == rows["heldout"]["x2"] and rows["warmup"]["x1"] == rows["warmup"]["x2"]
-    assert sorted(path.name for path in (tmp_path / "x1").iterdir()) == ["heldout.parquet", "train.parquet",
-                                                                         "warmup.parquet"]
+    assert rows["heldout"]["x1"] == rows["heldout"]["x2"]
+    assert sorted(path.name for path in (tmp_path / "x1").iterdir()) == ["heldout.parquet", "train.parquet"]
 
 
 def test_make_data_interrupted_leaves_no_partial_file(tmp_path, monkeypatch):
     monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 2})
     monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"som_color": 2})
-    monkeypatch.setattr(make_data, "WARMUP_SIZES", {"som_color": 2})
     (tmp_path / "train.parquet").write_bytes(b"the previous run's file")
     real_to_parquet = Dataset.to_parquet
 

@@ -19,10 +19,11 @@ from .grounding import GROUNDING_TASKS, grounding_sample
 from .ocr import DOCUMENT_TASKS, OCR_TASKS, ocr_sample
 from .render import MIN_MAX_SIDE, MIN_MAX_SIDE_DOCUMENTS
 from .sample import Sample
+from .scene_questions import SCENE_TASKS, scene_sample
 from .set_of_mark import SOM_TASKS, set_of_mark_sample
 
 
-FAMILIES = {"ocr": OCR_TASKS, "set_of_mark": SOM_TASKS, "grounding": GROUNDING_TASKS}
+FAMILIES = {"ocr": OCR_TASKS, "set_of_mark": SOM_TASKS, "grounding": GROUNDING_TASKS, "scene": SCENE_TASKS}
 TASK_FAMILY = {task: family for family, tasks in FAMILIES.items() for task in tasks}
 SPLITS = ("train", "heldout")
 DEFAULT_TRAIN_SIZES = {"ocr": 4000, "set_of_mark": 3000, "grounding": 3000}
@@ -60,13 +61,13 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
     """Sample `index` of `key`: a family of `FAMILIES` (tasks drawn by their weights) or one task of a family.
 
     Args:
-        key (`str`): "ocr", "set_of_mark", "grounding", or a task such as "ocr_code" or "som_color".
+        key (`str`): "ocr", "set_of_mark", "grounding", "scene", or a task such as "ocr_code" or "som_color".
         index (`int`), seed (`int`), split (`str`, "train" or "heldout"): together seed the sample's generator.
         max_side (`int`): longest image side in pixels (long sides are drawn in `[0.75, 1] * max_side`), at least
             `MIN_MAX_SIDE_DOCUMENTS` where receipts or tables can be drawn, `MIN_MAX_SIDE` otherwise.
         placement (`str`): how grounding boxes are normalised, "top_left" (SPHINX-X) or "center" (released SPHINX).
-        turns (`int`): Set-of-Mark and grounding samples ask up to this many questions on one image (a multi-turn
-            conversation: more supervision per encoded image); OCR samples ask one.
+        turns (`int`): Set-of-Mark, grounding and single-shape samples ask up to this many questions on one image (a
+            multi-turn conversation: more supervision per encoded image); OCR and counting samples ask one.
         shape_count (`tuple[int, int]`): how many shapes Set-of-Mark and grounding scenes draw from (fewer where
             they do not fit).
     """
@@ -89,6 +90,8 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
         return ocr_sample(rng, task, split=split, max_side=max_side)
     if family == "set_of_mark":
         return set_of_mark_sample(rng, task, max_side=max_side, turns=turns, shape_count=shape_count)
+    if family == "scene":
+        return scene_sample(rng, task, max_side=max_side, turns=turns)
     return grounding_sample(rng, task, max_side=max_side, placement=placement, turns=turns, shape_count=shape_count)
 
 
