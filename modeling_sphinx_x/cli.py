@@ -3,13 +3,11 @@
 import argparse
 import sys
 import threading
-from pathlib import Path
 
 import torch
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEMO_MODEL = Path(__file__).parent / "demo_model"
 
 
 class StopStringFilter:
@@ -73,9 +71,9 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
 def chat(args) -> None:
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_path = args.model or DEMO_MODEL
-    if args.model is None and not DEMO_MODEL.is_dir():
-        raise ValueError("This install has no embedded demo model; pass --model with a converted folder or Hub id.")
+    from .demo import demo_model_path
+
+    model_path = args.model or demo_model_path()
     model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[args.dtype]).to(args.device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     content = [{"type": "image", "image": args.image}] if args.image else []
