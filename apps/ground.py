@@ -5,7 +5,6 @@ from pathlib import Path
 
 import PIL.Image
 
-from ..processors.image_processing_sphinx_x import load_image, to_rgb
 from .draw import draw_grounding
 from .segment import mask_to_rle
 
@@ -41,11 +40,10 @@ def ground_answer(processor, answer: str, image: PIL.Image.Image, segmenter=None
     return record, draw_grounding(image, grounded["entities"], masks)
 
 
-def run_ground(model, processor, args) -> None:
-    """`sphinx-x ground`: stream the answer, print the boxes, write the annotated image and the JSON."""
+def run_ground(model, processor, image: PIL.Image.Image, args) -> None:
+    """`sphinx-x ground`: stream the answer about `image`, print the boxes, write the annotated image and the JSON."""
     from ..cli import answer
 
-    image = to_rgb(load_image(args.image))
     segmenter = None
     if args.sam:
         from .segment import BoxSegmenter

@@ -88,9 +88,11 @@ def chat(args) -> None:
 
 def ground_command(args) -> None:
     from .apps.ground import run_ground
+    from .processors.image_processing_sphinx_x import load_image, to_rgb
 
+    image = to_rgb(load_image(args.image))  # a bad image fails before the model loads
     model, processor = load_model(args.model, args.dtype, args.device)
-    run_ground(model, processor, args)
+    run_ground(model, processor, image, args)
 
 
 def demo_command(args) -> None:
