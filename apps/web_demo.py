@@ -1,6 +1,7 @@
 """The Gradio web demo (`sphinx-x demo`, or a Space through `apps/space/app.py`): upload an image, chat about it with
 streamed answers, and see the boxes, points and SAM masks of each answer drawn beside the chat."""
 
+import functools
 import os
 
 
@@ -29,36 +30,42 @@ EXAMPLE_PROMPTS = [
 ]
 
 
+def respond(model, processor, segmenter, max_new_tokens: int, question: str, image, chat: list, messages: list):
+    """One chat turn, as a generator of Gradio updates `(chat, annotated image, messages, boxes, question box)`: the
+    answer grows in the last chat bubble while it streams, then its boxes are drawn on the image. `messages` is the
+    SPHINX conversation (the image rides in its first user turn)."""
+    question = (question or "").strip()
+    if not question:
+        yield chat, gr.skip(), messages, gr.skip(), question
+        return
+    image = to_rgb(image) if image is not None else None
+    content = [{"type": "image", "image": image}] if image is not None and not messages else []
+    messages = messages + [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
+    chat = chat + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
+    yield chat, gr.skip(), messages, gr.skip(), ""
+    text = ""
+    for chunk in stream_reply(model, processor, messages, max_new_tokens):
+        shown, text = visible_reply(text, STOP_STRING), text + chunk
+        if visible_reply(text, STOP_STRING) != shown:
+            chat = chat[:-1] + [{"role": "assistant", "content": visible_reply(text, STOP_STRING)}]
+            yield chat, gr.skip(), messages, gr.skip(), ""
+    reply = processor.strip_stop_string(text).strip()
+    chat = chat[:-1] + [{"role": "assistant", "content": reply}]
+    messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+    if image is None:
+        yield chat, None, messages, [], ""
+        return
+    record, annotated = ground_answer(processor, reply, image, segmenter)
+    boxes = [{key: item[key] for key in ("phrase", "box", "score")} for item in record["objects"]]
+    yield chat, annotated, messages, boxes + record["points"], ""
+
+
 def build_demo(model, processor, segmenter=None, max_new_tokens: int = 256) -> gr.Blocks:
     """The app: image upload and the annotated answer on the left, the multi-turn chat on the right.
 
     A new image starts a new conversation (SPHINX sees one image, in the first turn). `segmenter` (`BoxSegmenter`)
     adds a SAM mask per box.
     """
-
-    def respond(question, image, chat, messages):
-        question = (question or "").strip()
-        if not question:
-            yield chat, gr.skip(), messages, gr.skip(), question
-            return
-        image = to_rgb(image) if image is not None else None
-        content = [{"type": "image", "image": image}] if image is not None and not messages else []
-        messages = messages + [{"role": "user", "content": content + [{"type": "text", "text": question}]}]
-        chat = chat + [{"role": "user", "content": question}, {"role": "assistant", "content": ""}]
-        text = ""
-        for chunk in stream_reply(model, processor, messages, max_new_tokens):
-            text += chunk
-            chat[-1] = {"role": "assistant", "content": visible_reply(text, STOP_STRING)}
-            yield chat, gr.skip(), messages, gr.skip(), ""
-        reply = processor.strip_stop_string(text).strip()
-        chat[-1] = {"role": "assistant", "content": reply}
-        messages = messages + [{"role": "assistant", "content": [{"type": "text", "text": reply}]}]
-        if image is None:
-            yield chat, None, messages, [], ""
-            return
-        record, annotated = ground_answer(processor, reply, image, segmenter)
-        boxes = [{key: item[key] for key in ("phrase", "box", "score")} for item in record["objects"]]
-        yield chat, annotated, messages, boxes + record["points"], ""
 
     def reset():
         return [], None, [], []
@@ -80,8 +87,9 @@ def build_demo(model, processor, segmenter=None, max_new_tokens: int = 256) -> g
                     clear = gr.Button("New conversation", elem_id="clear")
                 gr.Examples(EXAMPLE_PROMPTS, inputs=question, label="Prompts of the SPHINX demo")
         outputs = [chat, annotated, messages, boxes, question]
-        question.submit(respond, [question, image, chat, messages], outputs)
-        send.click(respond, [question, image, chat, messages], outputs)
+        turn = functools.partial(respond, model, processor, segmenter, max_new_tokens)
+        question.submit(turn, [question, image, chat, messages], outputs)
+        send.click(turn, [question, image, chat, messages], outputs)
         clear.click(reset, None, [chat, annotated, messages, boxes])
         image.change(reset, None, [chat, annotated, messages, boxes])
     return demo
