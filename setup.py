@@ -42,7 +42,7 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
         "demo": ["gradio>=5,<7"],
-        "test": ["pytest>=8", "playwright>=1.40"],
+        "test": ["pytest>=8", "playwright>=1.40", "gradio>=5,<7"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
 )
