@@ -1,4 +1,4 @@
-"""The Gradio web demo (`sphinx-x demo`, or a Space through `apps/space/app.py`): upload an image, chat about it with
+"""The Gradio web demo (`sphinx-x demo`, or a Space through `apps/app.py`): upload an image, chat about it with
 streamed answers, and see the boxes, points and SAM masks of each answer drawn beside the chat."""
 
 import functools

@@ -162,7 +162,7 @@ def test_web_demo_streams_a_grounded_answer_and_draws_its_box(browser):
 
 def test_space_entry_point_serves_the_demo(browser):
     port = free_port()
-    server = serve([sys.executable, str(ROOT / "apps" / "space" / "app.py")], port,
+    server = serve([sys.executable, str(ROOT / "apps" / "app.py")], port,
                    env={"GRADIO_SERVER_PORT": str(port)})
     try:
         page = browser.new_page()

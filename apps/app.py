@@ -1,4 +1,5 @@
-"""Hugging Face Space entry point for the SPHINX-X web demo (Gradio SDK, `app_file: app.py`).
+"""Hugging Face Space entry point for the SPHINX-X web demo: copy this file as the `app.py` of a Gradio Space
+(`sdk: gradio`), or run it here with `python apps/app.py` / `python -m sphinx_x.apps.app`.
 
 Settings come from the Space's variables: `SPHINX_X_MODEL` (a converted SPHINX folder or Hub id; the embedded demo
 model when unset), `SPHINX_X_SAM` (a SAM checkpoint such as `facebook/sam-vit-base`, for masks), `SPHINX_X_DTYPE`
