@@ -41,8 +41,8 @@ setup(
         "train": ["trl==1.16.*", "peft>=0.17", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "demo": ["gradio>=5,<7"],
-        "test": ["pytest>=8", "playwright>=1.40", "gradio>=5,<7"],
+        "demo": ["gradio>=6,<7"],
+        "test": ["pytest>=8", "playwright>=1.40", "gradio>=6,<7"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
 )
