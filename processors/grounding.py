@@ -46,11 +46,6 @@ def image_frame(
     return frame_width, frame_height, (frame_width - width) // 2, (frame_height - height) // 2
 
 
-def padding_offsets(width: int, height: int, placement: str = "top_left") -> tuple[int, int]:
-    """`(x_offset, y_offset)` of the image on its padded square: 0 for top-left, PadToSquare's floor-centring else."""
-    return image_frame(width, height, placement)[2:]
-
-
 def normalize_box(box, width: int, height: int, placement: str = "top_left", canvas=(1, 1)) -> list[float]:
     """Pixel box `[x1, y1, x2, y2]` (or point `[x, y]`) of a `width x height` image -> unrounded floats in [0, 1]
     of the padded frame."""
@@ -67,7 +62,7 @@ def format_box(box, width: int, height: int, placement: str = "top_left", canvas
     `box` is one box `[x1, y1, x2, y2]`, one point `[x, y]`, or a list of them (joined with `;` in one bracket);
     with `phrase`, the text is `<p>phrase</p> [...]`.
     """
-    items = box if len(box) and isinstance(box[0], (list, tuple)) else [box]
+    items = box if len(box) and hasattr(box[0], "__len__") else [box]  # lists, tuples, arrays, tensors
     for item in items:
         if len(item) not in (2, 4):
             raise ValueError(f"a box has 4 numbers [x1, y1, x2, y2] and a point 2 [x, y]; got {list(item)}.")

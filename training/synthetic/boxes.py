@@ -9,7 +9,6 @@ from ...processors.grounding import (  # noqa: F401
     box_to_pixels,
     format_box,
     normalize_box,
-    padding_offsets,
     parse_boxes,
     parse_group,
 )
