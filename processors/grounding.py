@@ -12,6 +12,8 @@ only, so they cannot disagree about a box.
 import re
 from typing import NamedTuple
 
+import numpy as np
+
 from .image_processing_sphinx_x import padded_frame
 
 
@@ -62,10 +64,11 @@ def format_box(box, width: int, height: int, placement: str = "top_left", canvas
     `box` is one box `[x1, y1, x2, y2]`, one point `[x, y]`, or a list of them (joined with `;` in one bracket);
     with `phrase`, the text is `<p>phrase</p> [...]`.
     """
-    items = box if len(box) and hasattr(box[0], "__len__") else [box]  # lists, tuples, arrays, tensors
+    items = [box] if not len(box) or np.ndim(box[0]) == 0 else box  # lists, tuples, arrays or tensors
+    items = [[float(value) for value in item] for item in items]
     for item in items:
         if len(item) not in (2, 4):
-            raise ValueError(f"a box has 4 numbers [x1, y1, x2, y2] and a point 2 [x, y]; got {list(item)}.")
+            raise ValueError(f"a box has 4 numbers [x1, y1, x2, y2] and a point 2 [x, y]; got {item}.")
     text = "[" + ";".join(
         ",".join(f"{value:.2f}" for value in normalize_box(item, width, height, placement, canvas)) for item in items
     ) + "]"

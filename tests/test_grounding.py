@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import pytest
+import torch
 
 from sphinx_x import SphinxXImageProcessor, SphinxXProcessor
 from sphinx_x.conversion.accessory import build_tokenizer
@@ -159,8 +160,13 @@ def test_post_process_grounding_checks_its_arguments(tokenizer):
     processor = make_processor(tokenizer, True, [2, 2])
     with pytest.raises(ValueError, match="one \\(height, width\\) per answer"):
         processor.post_process_grounding(["[0.1,0.1,0.2,0.2]", "x"], [(10, 10)])
-    with pytest.raises(ValueError, match="4 numbers"):
-        processor.format_box([1, 2, 3], (10, 10))
+    for bad in ([1, 2, 3], [], [[1, 2, 3, 4], [1]]):
+        with pytest.raises(ValueError, match="4 numbers"):
+            processor.format_box(bad, (10, 10))
+    # Arrays and tensors work like lists; boxes and points share a bracket.
+    assert processor.format_box(np.array([[10, 20, 30, 40], [50, 60, 70, 80]]), (100, 100)) == (
+        "[0.10,0.20,0.30,0.40;0.50,0.60,0.70,0.80]")
+    assert processor.format_box(torch.tensor([10.0, 20.0]), (100, 100), phrase="nose") == "<p>nose</p> [0.10,0.20]"
 
 
 def test_a_saved_processor_grounds_as_remote_code(converted_dir, tmp_path):
