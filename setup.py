@@ -8,6 +8,7 @@ FOLDERS = {
     "sphinx_x.conversion": "conversion",
     "sphinx_x.training": "training",
     "sphinx_x.model_cards": "model_cards",
+    "sphinx_x.apps": "apps",
 }
 
 setup(
@@ -45,7 +46,8 @@ setup(
         "train": ["trl==1.16.*", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "test": ["pytest>=8", "onnxruntime"],
+        "demo": ["gradio>=6,<7"],
+        "test": ["pytest>=8", "onnxruntime", "playwright>=1.40", "gradio>=6,<7"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
 )

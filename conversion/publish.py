@@ -14,6 +14,7 @@ from pathlib import Path
 
 from huggingface_hub import CommitOperationAdd, HfApi
 from huggingface_hub.utils import validate_repo_id
+from transformers.dynamic_module_utils import get_relative_imports
 
 
 PACKAGE_VERSION = version("sphinx-x")
@@ -183,6 +184,10 @@ def missing_pieces(folder: Path) -> tuple[list[str], dict | None]:
         code_files |= code_files_of(processor_config.get("auto_map") or {})
         code_files |= code_files_of((processor_config.get("image_processor") or {}).get("auto_map") or {})
     problems += [f"{name}: missing (remote code named by auto_map)" for name in sorted(code_files)
+                 if not (folder / name).is_file()]
+    imported = {f"{module}.py" for name in code_files if (folder / name).is_file()
+                for module in get_relative_imports(folder / name)} - code_files
+    problems += [f"{name}: missing (remote code imported by the code files)" for name in sorted(imported)
                  if not (folder / name).is_file()]
 
     for name, what in (

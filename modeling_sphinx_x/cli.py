@@ -2,7 +2,6 @@
 
 import argparse
 import sys
-import threading
 
 import torch
 
@@ -39,43 +38,31 @@ class StopStringFilter:
 
 def answer(model, processor, messages, max_new_tokens: int) -> str:
     """Generate the assistant's reply to `messages`, streaming it to stdout; returns the reply."""
-    from transformers import TextIteratorStreamer
-
+    from .apps.streaming import stream_reply
     from .processors.processing_sphinx_x import STOP_STRING
 
-    inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
-    ).to(model.device)
-    streamer = TextIteratorStreamer(processor.tokenizer, skip_prompt=True, skip_special_tokens=True)
-    failures = []
-
-    def generate() -> None:
-        try:
-            model.generate(**inputs, max_new_tokens=max_new_tokens, streamer=streamer)
-        except Exception as error:  # raised again below, in the caller's thread
-            failures.append(error)
-            streamer.end()  # otherwise the loop below waits forever for the next chunk
-
-    worker = threading.Thread(target=generate)
-    worker.start()
     printer = StopStringFilter(STOP_STRING)
-    for chunk in streamer:
-        printer.feed(chunk)
-    worker.join()
-    printer.close()
-    if failures:
-        raise failures[0]
+    try:
+        for chunk in stream_reply(model, processor, messages, max_new_tokens):
+            printer.feed(chunk)
+    finally:
+        printer.close()
     return processor.strip_stop_string(printer.text).strip()
 
 
-def chat(args) -> None:
+def load_model(model: str | None, dtype: str = "float32", device: str = "cpu"):
+    """`(model, processor)` from a folder or Hub id, or the embedded demo model when `model` is None."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .demo import demo_model_path
 
-    model_path = args.model or demo_model_path()
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[args.dtype]).to(args.device).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
+    model_path = model or demo_model_path()
+    loaded = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[dtype]).to(device).eval()
+    return loaded, AutoProcessor.from_pretrained(model_path)
+
+
+def chat(args) -> None:
+    model, processor = load_model(args.model, args.dtype, args.device)
     content = [{"type": "image", "image": args.image}] if args.image else []
     messages = []
     questions = [args.question] if args.question else None
@@ -95,6 +82,25 @@ def chat(args) -> None:
         content = []  # the image belongs to the first turn, as in the reference
         reply = answer(model, processor, messages, args.max_new_tokens)
         messages.append({"role": "assistant", "content": [{"type": "text", "text": reply}]})
+
+
+def ground_command(args) -> None:
+    from .apps.ground import run_ground
+    from .processors.image_processing_sphinx_x import load_image, to_rgb
+
+    image = to_rgb(load_image(args.image))  # a bad image fails before the model loads
+    model, processor = load_model(args.model, args.dtype, args.device)
+    run_ground(model, processor, image, args)
+
+
+def demo_command(args) -> None:
+    try:
+        from .apps.web_demo import launch
+    except ImportError as error:
+        raise ValueError(f'the web demo needs the "demo" extra ({error}): pip install "sphinx-x[demo]"') from error
+
+    model, processor = load_model(args.model, args.dtype, args.device)
+    launch(model, processor, sam=args.sam, port=args.port, host=args.host, max_new_tokens=args.max_new_tokens)
 
 
 def convert_accessory_command(args) -> None:
@@ -154,6 +160,28 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument("--dtype", choices=DTYPES, default="float32")
     chat_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     chat_parser.set_defaults(run=chat)
+
+    ground = commands.add_parser("ground", help="ask for boxes, draw them (and SAM masks) on the image, write JSON")
+    ground.add_argument("question", help='e.g. "Detect all people shown in the image."')
+    ground.add_argument("--image", required=True, help="image path or URL")
+    ground.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
+    ground.add_argument("--sam", help="SAM checkpoint id or folder for one mask per box, e.g. facebook/sam-vit-base")
+    ground.add_argument("--out", help="annotated image to write (PNG, JPEG, ...)")
+    ground.add_argument("--json", help="JSON file for the phrases, pixel boxes, points, mask scores and mask RLEs")
+    ground.add_argument("--max-new-tokens", type=int, default=256)
+    ground.add_argument("--dtype", choices=DTYPES, default="float32")
+    ground.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ground.set_defaults(run=ground_command)
+
+    demo = commands.add_parser("demo", help="Gradio web demo: chat about an image, boxes and masks drawn beside it")
+    demo.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
+    demo.add_argument("--sam", help="SAM checkpoint id or folder, to add a mask per box")
+    demo.add_argument("--port", type=int, default=7860)
+    demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
+    demo.add_argument("--max-new-tokens", type=int, default=256)
+    demo.add_argument("--dtype", choices=DTYPES, default="float32")
+    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.set_defaults(run=demo_command)
 
     convert = commands.add_parser("convert", help="convert checkpoints to the transformers format")
     sources = convert.add_subparsers(dest="source", required=True)

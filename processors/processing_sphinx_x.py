@@ -7,6 +7,8 @@ import torch
 from transformers import ProcessorMixin
 from transformers.processing_utils import MultiModalData, ProcessingKwargs
 
+from .grounding import format_box, ground_text
+
 
 # The reference conversation (LLaMA2-Accessory `conv_v1_2`): the image block sits right after BOS, before the system
 # prompt; turns are " Human: ..." / " Assistant: ..." each closed by "\n###"; the open assistant turn ends with
@@ -141,6 +143,39 @@ class SphinxXProcessor(ProcessorMixin):
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
         return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+
+    def grounding_placement(self) -> tuple[str, tuple[int, int]]:
+        """`(placement, canvas (height, width))` of this processor's canvas: SPHINX-X's top-left image with skipped
+        tiles, or the centred image of released checkpoints."""
+        placement = "top_left" if self.image_processor.skip_padded_tiles else "center"
+        return placement, tuple(self.image_processor.canvas_size)
+
+    def format_box(self, box, image_size: tuple[int, int], phrase: str | None = None) -> str:
+        """Pixel box `[x1, y1, x2, y2]`, point `[x, y]` or a list of them on an image of `image_size` `(height,
+        width)` -> the text this model reads and writes, e.g. `[0.12,0.34,0.56,0.78]`, or `<p>phrase</p> [...]`."""
+        height, width = image_size
+        return format_box(box, width, height, *self.grounding_placement(), phrase=phrase)
+
+    def post_process_grounding(self, text, image_sizes):
+        """Boxes and points of generated answers, in pixels of the original images.
+
+        Args:
+            text (`str` or `list[str]`): decoded answers.
+            image_sizes: `(height, width)` of the image each answer is about (one pair for one answer).
+
+        Returns:
+            per answer (a `dict` for a `str`, else a list): `{"text": the answer without box markup, "entities":
+            [{"phrase": str ('' for a bare box), "boxes": [[x1, y1, x2, y2], ...], "points": [[x, y], ...]}]}`,
+            entities in the order of the text. Malformed or cut-off boxes are left out, never raised.
+        """
+        single = isinstance(text, str)
+        texts, sizes = ([text], [image_sizes]) if single else (list(text), list(image_sizes))
+        if len(texts) != len(sizes):
+            raise ValueError(f"post_process_grounding got {len(texts)} answers and {len(sizes)} image sizes; pass one "
+                             "(height, width) per answer.")
+        results = [ground_text(answer, width, height, *self.grounding_placement()) for answer, (height, width)
+                   in zip(texts, sizes)]
+        return results[0] if single else results
 
     @property
     def model_input_names(self) -> list[str]:

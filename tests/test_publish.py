@@ -31,6 +31,7 @@ REQUIRED = [
     "modeling_sphinx_x.py",
     "image_processing_sphinx_x.py",
     "processing_sphinx_x.py",
+    "grounding.py",
     "tokenizer.json",
     "tokenizer_config.json",
     "processor_config.json",
@@ -172,7 +173,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(folder, hf_api, capsys):
     assert "rendered from model_cards/sphinx-tiny-1k.md" in rows["README.md"]
     assert f"Commit to org/my-sphinx (branch v1): 'Upload my-sphinx with sphinx-x {PACKAGE_VERSION}'" in output
     total = sum(planned.size for planned in plan)
-    assert f"Total: 12 files, {human_size(total)} (1 with LFS, " in output
+    assert f"Total: {len(REQUIRED) + 1} files, {human_size(total)} (1 with LFS, " in output
     assert "Dry run: nothing was uploaded." in output
 
 
