@@ -8,6 +8,7 @@ FOLDERS = {
     "sphinx_x.conversion": "conversion",
     "sphinx_x.training": "training",
     "sphinx_x.model_cards": "model_cards",
+    "sphinx_x.evaluation": "evaluation",
 }
 
 setup(
@@ -40,7 +41,12 @@ setup(
         "train": ["trl==1.16.*", "peft>=0.17", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
+        "eval": ["datasets>=4.7"],
         "test": ["pytest>=8"],
     },
-    entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
+    entry_points={
+        "console_scripts": ["sphinx-x = sphinx_x.cli:main"],
+        # `lmms-eval --model sphinx_x` (lmms-eval's plugin registry reads this group)
+        "lmms_eval.models": ["sphinx_x = sphinx_x.evaluation.lmms_eval_model:manifest"],
+    },
 )
