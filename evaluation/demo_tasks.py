@@ -31,7 +31,8 @@ def demo_task(name: str, key: str) -> Task:
     return Task(
         name, "accuracy", None, 24, to_sample,
         lambda answer, reference: {"answer": reference, "correct": score(key, answer, reference)},
-        lambda records: {"accuracy": percent(record["correct"] for record in records)},
+        lambda records: {"accuracy": percent(record["correct"] for record in records),
+                         "correct": sum(record["correct"] for record in records), "total": len(records)},
         load=load,
     )
 

@@ -1,62 +1,37 @@
-"""Held-out accuracy of a SPHINX-X model on the synthetic evaluation tasks.
+"""Held-out accuracy of a SPHINX-X model on the synthetic evaluation tasks: `sphinx-x eval --task demo` on a
+held-out file.
 
     python -m sphinx_x.training.demo.evaluate MODEL data/demo/heldout.parquet [--per-task N] [--json out.json]
 
 Set-of-Mark colour and 4-character OCR: exact match of the answer; grounding: the first box of the answer has
-IoU >= 0.5 with the target box.
+IoU >= 0.5 with the target box (`sphinx_x.evaluation.demo_tasks`).
 """
 
 import argparse
 import json
-from collections import defaultdict
+import tempfile
+from pathlib import Path
 
 import torch
-from datasets import load_dataset
-from tqdm import tqdm
-from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from ..synthetic.boxes import box_iou, parse_boxes
+from ...evaluation.demo_tasks import TASKS, score
+from ...evaluation.runner import evaluate as run_eval
 
 
-def score(task: str, prediction: str, answer: str) -> bool:
-    """Whether one prediction is correct for its task."""
-    if task == "grounding_rec":
-        predicted, expected = parse_boxes(prediction), parse_boxes(answer)
-        return bool(predicted and predicted[0].boxes) and box_iou(predicted[0].boxes[0], expected[0].boxes[0]) >= 0.5
-    return prediction.strip().lower() == answer.strip().lower()
+__all__ = ["evaluate", "score"]
+KEYS = {"demo_som_color": "som_color", "demo_ocr_code": "ocr_code", "demo_grounding": "grounding_rec"}
 
 
 def evaluate(model_path: str, heldout: str, *, per_task: int | None = None, batch_size: int = 16,
              device: str = "cpu") -> dict:
     """Per-task accuracy (`{"som_color": {"correct": c, "total": n, "accuracy": c / n}, ...}`), generating on
-    `device` ("cpu", "cuda", ...)."""
-    model = AutoModelForImageTextToText.from_pretrained(model_path).to(device).eval()
-    processor = AutoProcessor.from_pretrained(model_path)
-    rows = load_dataset("parquet", data_files=heldout, split="train")
-    if per_task:
-        first_rows = defaultdict(list)
-        for index, task in enumerate(rows["task"]):
-            if len(first_rows[task]) < per_task:
-                first_rows[task].append(index)
-        rows = rows.select(sorted(sum(first_rows.values(), [])))
-    results = defaultdict(lambda: {"correct": 0, "total": 0})
-    for start in tqdm(range(0, len(rows), batch_size), desc="evaluating"):
-        batch = rows[start : start + batch_size]
-        conversations = [
-            [{"role": "user", "content": [{"type": "image", "image": images[0]}, {"type": "text", "text": question}]}]
-            for images, question in zip(batch["images"], batch["question"])
-        ]
-        inputs = processor.apply_chat_template(
-            conversations, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt",
-            processor_kwargs={"padding": True},
-        ).to(device)
-        with torch.inference_mode():
-            output = model.generate(**inputs, max_new_tokens=24, do_sample=False)
-        predictions = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-        for task, prediction, answer in zip(batch["task"], predictions, batch["answer"]):
-            results[task]["total"] += 1
-            results[task]["correct"] += score(task, prediction, answer)
-    return {task: {**counts, "accuracy": counts["correct"] / counts["total"]} for task, counts in results.items()}
+    `device` ("cpu", "cuda", ...); tasks without rows in `heldout` are left out."""
+    with tempfile.TemporaryDirectory() as folder:
+        results = run_eval(model_path, ",".join(task.name for task in TASKS), output=Path(folder) / "results.json",
+                           limit=per_task, batch_size=batch_size, data_files=heldout, device=device)
+    return {KEYS[name]: {"correct": result["metrics"]["correct"], "total": result["metrics"]["total"],
+                         "accuracy": result["metrics"]["correct"] / result["metrics"]["total"]}
+            for name, result in results.items() if result["samples"]}
 
 
 def main(argv=None) -> None:
