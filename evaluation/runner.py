@@ -19,8 +19,9 @@ from .task import Sample, Task
 from .tasks import GROUPS, resolve_tasks
 
 
-def generate_answers(model, processor, samples: list[Sample], max_new_tokens: int) -> list[str]:
-    """Greedy answers to a batch of questions (left-padded), each cut at the reference terminator and stripped."""
+def build_inputs(processor, samples: list[Sample]):
+    """Model inputs for a batch of questions: the chat template's prompt ending in `### Assistant:`, then each
+    sample's suffix; left-padded."""
     conversations = [
         [{"role": "user", "content": [{"type": "image"}] * (sample.image is not None)
           + [{"type": "text", "text": sample.question}]}]
@@ -29,12 +30,18 @@ def generate_answers(model, processor, samples: list[Sample], max_new_tokens: in
     texts = processor.apply_chat_template(conversations, add_generation_prompt=True, tokenize=False)
     texts = [text + sample.suffix for text, sample in zip(texts, samples)]
     images = [[sample.image] if sample.image is not None else [] for sample in samples]
-    inputs = processor(text=texts, images=images if any(images) else None, padding=True, add_special_tokens=False,
-                       return_tensors="pt").to(model.device)
+    return processor(text=texts, images=images if any(images) else None, padding=True, add_special_tokens=False,
+                     return_tensors="pt")
+
+
+def generate_answers(model, processor, samples: list[Sample], max_new_tokens: int, **generate_kwargs) -> list[str]:
+    """Answers to a batch of questions (greedy unless `generate_kwargs` sample), each cut at the reference
+    terminator `###` and stripped, as the reference evaluation does."""
+    inputs = build_inputs(processor, samples).to(model.device)
     with torch.inference_mode():
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, **{"do_sample": False, **generate_kwargs})
     answers = processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    return [answer.split("###")[0].strip() for answer in answers]  # the reference cuts at "###" and strips
+    return [answer.split("###")[0].strip() for answer in answers]
 
 
 def image_placement(processor) -> str:
