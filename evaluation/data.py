@@ -19,7 +19,7 @@ def read_local(data_files: str | list[str]) -> Dataset:
     if None in builders or len(builders) > 1:
         raise ValueError(f"--data takes files of one kind among {', '.join(BUILDERS)}; got {[str(p) for p in files]}.")
     rows = load_dataset(builders.pop(), data_files=[str(path) for path in files], split="train")
-    if "image" in rows.column_names and not isinstance(rows.features["image"], Image):
+    if "image" in rows.column_names and getattr(rows.features["image"], "dtype", None) == "string":
         root = files[0].parent
         rows = rows.map(lambda path: {"image": None if path is None else str(root / path)}, input_columns="image")
         rows = rows.cast_column("image", Image())
