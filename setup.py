@@ -42,6 +42,11 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
         "eval": ["datasets>=4.7"],
+        # What lmms-eval needs to run a model on a task (`lmms-eval --model sphinx_x`). lmms-eval itself is installed
+        # with `pip install --no-deps lmms-eval==0.7.3`: its declared dependencies pull torchvision, timm and dozens of
+        # API clients for other models' backends. Its evaluator imports `filelock._api`, gone in filelock 4.
+        "lmms-eval": ["datasets>=4.7", "loguru", "sacrebleu", "evaluate", "pytz", "tenacity", "pytablewriter",
+                      "filelock<4"],
         "test": ["pytest>=8"],
     },
     entry_points={
