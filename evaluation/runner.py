@@ -51,10 +51,13 @@ def image_placement(processor) -> str:
 
 def read_predictions(path: Path, header: dict) -> dict[int, dict]:
     """Records of a predictions file by row; the file must come from the same model and task settings."""
-    if not path.exists():
+    lines = path.read_text().splitlines() if path.exists() else []
+    if not lines:
         return {}
-    lines = path.read_text().splitlines()
-    found = json.loads(lines[0]) if lines else {}
+    try:
+        found = json.loads(lines[0])
+    except json.JSONDecodeError:
+        found = lines[0]
     if found != header:
         raise ValueError(f"{path} holds predictions of {found}, not of {header}; pass another --output or delete it.")
     records = {}
@@ -79,9 +82,13 @@ def run_task(model, processor, task: Task, predictions: Path, *, model_name: str
     todo = [row for row in range(len(rows)) if row not in done]
     predictions.parent.mkdir(parents=True, exist_ok=True)
     placement = image_placement(processor)
-    with predictions.open("a") as handle, tqdm(total=len(todo), desc=task.name, unit="sample") as progress:
-        if not done:
+    written = predictions.read_text() if predictions.exists() else ""
+    with predictions.open("a" if written.strip() else "w") as handle, \
+            tqdm(total=len(todo), desc=task.name, unit="sample") as progress:
+        if not written.strip():
             handle.write(json.dumps(header) + "\n")
+        elif not written.endswith("\n"):  # a line cut short by an interrupted run stays on its own
+            handle.write("\n")
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
             samples = [task.to_sample(rows[row]) for row in batch]

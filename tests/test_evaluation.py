@@ -201,13 +201,15 @@ def test_eval_command_on_the_converted_fixture_resumes(converted_dir, tmp_path, 
         raise AssertionError("answered again")
 
     lines[-1] = lines[-1][:10]  # the last answer was cut off by an interrupted run: it is asked again
-    predictions.write_text("\n".join(lines) + "\n")
+    predictions.write_text("\n".join(lines))
     asked = []
     monkeypatch.setattr(runner, "generate_answers", lambda model, processor, samples, n: asked.extend(samples) or
                         ["Yes"] * len(samples))
     assert main(command(4)) == 0
     assert len(asked) == 2  # rows 2 (cut) and 3 (new); rows 0 and 1 come from the file
     assert json.loads(output.read_text())["mme"]["samples"] == 4
+    assert [json.loads(line)["row"] for line in predictions.read_text().splitlines()[1:] if line != lines[-1]] == [
+        0, 1, 2, 3]
     monkeypatch.setattr(runner, "generate_answers", no_generation)
     assert main(command(4)) == 0
     assert main(command(4, model=None)) == 2  # the demo model
