@@ -9,6 +9,7 @@ FOLDERS = {
     "sphinx_x.training": "training",
     "sphinx_x.model_cards": "model_cards",
     "sphinx_x.apps": "apps",
+    "sphinx_x.evaluation": "evaluation",
 }
 
 setup(
@@ -47,7 +48,17 @@ setup(
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
         "demo": ["gradio>=6,<7"],
+        "eval": ["datasets>=4.7"],
+        # What lmms-eval needs to run a model on a task (`lmms-eval --model sphinx_x`). lmms-eval itself is installed
+        # with `pip install --no-deps lmms-eval==0.7.3`: its declared dependencies pull torchvision, timm and dozens of
+        # API clients for other models' backends. Its evaluator imports `filelock._api`, gone in filelock 4.
+        "lmms-eval": ["datasets>=4.7", "loguru", "sacrebleu", "evaluate", "pytz", "tenacity", "pytablewriter",
+                      "filelock<4"],
         "test": ["pytest>=8", "onnxruntime", "playwright>=1.40", "gradio>=6,<7"],
     },
-    entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
+    entry_points={
+        "console_scripts": ["sphinx-x = sphinx_x.cli:main"],
+        # `lmms-eval --model sphinx_x` (lmms-eval's plugin registry reads this group)
+        "lmms_eval.models": ["sphinx_x = sphinx_x.evaluation.lmms_eval_model:manifest"],
+    },
 )

@@ -51,7 +51,8 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
 
 
 def load_model(model: str | None, dtype: str = "float32", device: str = "cpu"):
-    """`(model, processor)` from a folder or Hub id, or the embedded demo model when `model` is None."""
+    """`(model, processor)` of a folder or Hub id, or of the embedded demo model when `model` is None (what
+    `sphinx-x chat`, `ground`, `demo` and `eval` use without `--model`)."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from .demo import demo_model_path
@@ -148,6 +149,15 @@ def train_command(args) -> None:
     run_train_command(args)
 
 
+def eval_command(args) -> None:
+    try:
+        from .evaluation.runner import eval_command as run_eval
+    except ImportError as error:
+        raise ValueError(f'evaluation needs the "eval" extra ({error}): pip install "sphinx-x[eval]"') from error
+
+    run_eval(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -232,6 +242,18 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="one-stage SFT from a recipe (TRL SFTTrainer)")
     add_train_arguments(train)
     train.set_defaults(run=train_command)
+
+    evaluate = commands.add_parser("eval", help="score a model on benchmarks (MMBench, MME, POPE, VQA, RefCOCO, ...)")
+    evaluate.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
+    evaluate.add_argument("--task", required=True, help="comma-separated tasks or groups, e.g. mme,pope or demo")
+    evaluate.add_argument("--limit", type=int, help="the first N rows of each task only")
+    evaluate.add_argument("--batch-size", type=int, default=8, help="questions per generate call")
+    evaluate.add_argument("--output", default="sphinx-x-eval/results.json",
+                          help="results JSON; predictions go to <stem>-predictions/ beside it (reruns resume)")
+    evaluate.add_argument("--data", nargs="+", help="local files in the task's Hub schema instead of the Hub dataset")
+    evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
+    evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    evaluate.set_defaults(run=eval_command)
 
     from .conversion.publish import CARDS
 

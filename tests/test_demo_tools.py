@@ -10,7 +10,7 @@ import pytest
 from datasets import Dataset
 
 from sphinx_x.training.demo import make_data
-from sphinx_x.training.demo.evaluate import evaluate, heldout_rows, score
+from sphinx_x.training.demo.evaluate import evaluate, score
 from sphinx_x.training.demo.plot_loss import main as plot_loss_main
 from sphinx_x.training.demo.text_chat import HELDOUT, keyword_hit, training_prompts
 from sphinx_x.training.synthetic.dataset import make_mixture
@@ -38,22 +38,14 @@ def test_scoring_rules(task, prediction, answer, correct):
 
 def test_evaluation_runs_end_to_end(tmp_path):
     model, processor = make_tiny_model_and_processor()
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
     heldout = make_mixture(0, {"ocr_code": 1}, {"som_color": 2, "ocr_code": 2, "grounding_rec": 2})["heldout"]
     heldout.to_parquet(tmp_path / "heldout.parquet")
-    rows = heldout_rows(str(tmp_path / "heldout.parquet"), per_task=1)
-    results = evaluate(model, processor, rows, batch_size=2)
+    results = evaluate(str(tmp_path / "model"), str(tmp_path / "heldout.parquet"), per_task=1, batch_size=2)
     assert {task: counts["total"] for task, counts in results.items()} == {"som_color": 1, "ocr_code": 1,
                                                                           "grounding_rec": 1}
     assert all(0.0 <= counts["accuracy"] <= 1.0 for counts in results.values())
-
-
-def test_heldout_rows_without_a_file_are_make_datas_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(make_data, "TRAIN_SIZES", {"som_color": 1})
-    monkeypatch.setattr(make_data, "HELDOUT_SIZES", {"count": 3, "ocr_code": 2})
-    make_data.main([str(tmp_path)])
-    written = pq.read_table(tmp_path / "heldout.parquet").column("sample_id").to_pylist()
-    assert heldout_rows(None, None)["sample_id"] == written
-    assert heldout_rows(None, 1)["sample_id"] == [written[0], written[3]]
 
 
 def test_text_check_keywords_and_training_prompts():
