@@ -13,6 +13,7 @@ import zlib
 import numpy as np
 import PIL.Image
 from datasets import Dataset, DatasetDict, Features, Image, List, Value
+from tqdm import tqdm
 
 from .boxes import PLACEMENTS
 from .grounding import GROUNDING_TASKS, grounding_sample
@@ -163,7 +164,7 @@ def build_dataset(sizes: dict[str, int], seed: int = 0, split: str = "train", ma
     rows = [
         to_row(generate_sample(key, index, seed, split, max_side, placement, turns, shape_count),
                f"{seed}/{split}/{key}/{index}")
-        for key, index in jobs
+        for key, index in tqdm(jobs, desc=f"{split} samples", unit="sample", disable=len(jobs) < 1000)
     ]
     return Dataset.from_list(rows, features=FEATURES)
 
