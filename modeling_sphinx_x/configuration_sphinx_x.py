@@ -102,35 +102,6 @@ class SphinxXConfig(PreTrainedConfig):
                 "ConvNeXt grid must divide them. Check the encoders' image_size and patch_size."
             )
 
-    @property
-    def _attn_implementation(self):
-        return self._attn_implementation_internal
-
-    @_attn_implementation.setter
-    def _attn_implementation(self, value: str | dict | None):
-        """Set recursively on the sub-configs as `PreTrainedConfig` does, per sub-model (`attention_per_sub_config`)."""
-        PreTrainedConfig._attn_implementation.fset(self, self.attention_per_sub_config(value))
-
-    def attention_per_sub_config(self, requested: str | dict | None) -> str | dict | None:
-        """One attention backend for the whole model, as the per-sub-config `dict` that gives it to every sub-model
-        that supports it: ConvNeXt has no attention layer (`"eager"`, which it ignores), BLIP-2's Q-Former has no
-        flash-attention (it gets `"sdpa"`). A `dict` (an explicit choice per sub-config) or `None` is kept as is.
-
-        Example: `"flash_attention_2"` -> `{"": "flash_attention_2", "text_config": "flash_attention_2",
-        "dinov2_config": "flash_attention_2", "convnext_config": "eager"}` for SPHINX-Tiny.
-        """
-        if not isinstance(requested, str):
-            return requested
-        per_sub_config = {"": requested}
-        for key in self.sub_configs:
-            if getattr(self, key, None) is not None:
-                per_sub_config[key] = requested
-        if "convnext_config" in per_sub_config:
-            per_sub_config["convnext_config"] = "eager"
-        if "qformer_config" in per_sub_config and "flash" in requested:
-            per_sub_config["qformer_config"] = "sdpa"
-        return per_sub_config
-
     def grid_encoder_configs(self) -> dict:
         """Grid encoders in channel-concatenation order (CLIP | ConvNeXt | DINOv2); `None` when absent."""
         return {"clip": self.clip_config, "convnext": self.convnext_config, "dinov2": self.dinov2_config}

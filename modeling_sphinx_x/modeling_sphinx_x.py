@@ -83,7 +83,11 @@ class SphinxXConvNextEncoder(nn.Module):
 
     def __init__(self, config, token_grid_size: int):
         super().__init__()
+        # ConvNeXt has no attention layer, so a model-wide backend does not concern it, but transformers refuses to
+        # build it under any but eager: build it so, and keep the config's (model-wide) value.
+        requested, config._attn_implementation_internal = config._attn_implementation_internal, "eager"
         self.model = ConvNextModel(config)
+        config._attn_implementation_internal = requested
         # HF hard-codes eps 1e-6 in the ConvNeXt blocks; timm/OpenCLIP uses the config's value everywhere.
         for module in self.model.modules():
             if isinstance(module, nn.LayerNorm):
@@ -147,6 +151,9 @@ class SphinxXQFormerEncoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        if "flash" in (config.qformer_config._attn_implementation or ""):
+            # BLIP-2's Q-Former has no flash-attention; its vision tower keeps it.
+            config.qformer_config._attn_implementation = "sdpa"
         self.vision_model = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.qformer = Blip2QFormerModel(config.qformer_config)
@@ -194,9 +201,23 @@ class SphinxXPreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = True
 
     def set_attn_implementation(self, attn_implementation: str | dict, **kwargs):
-        """`PreTrainedModel.set_attn_implementation`, a single backend going to every sub-model that supports it
-        (`SphinxXConfig.attention_per_sub_config`)."""
-        super().set_attn_implementation(self.config.attention_per_sub_config(attn_implementation), **kwargs)
+        """`PreTrainedModel.set_attn_implementation`; one backend goes to every sub-model that supports it: ConvNeXt
+        (no attention layer) stays eager while its config shows the requested value, BLIP-2's Q-Former (no
+        flash-attention) takes SDPA under flash-attention. A `dict` chooses per sub-config, as in transformers."""
+        config = self.config
+        if isinstance(attn_implementation, str):
+            qformer = "sdpa" if "flash" in attn_implementation else attn_implementation
+            per_sub_config = {key: attn_implementation for key in ("", "text_config", "clip_config", "dinov2_config")}
+            per_sub_config["qformer_config"] = {
+                "": attn_implementation, "vision_config": attn_implementation, "qformer_config": qformer
+            }
+        else:
+            per_sub_config = dict(attn_implementation)
+        convnext = per_sub_config.pop("convnext_config", attn_implementation if isinstance(attn_implementation, str)
+                                      else config.convnext_config and config.convnext_config._attn_implementation)
+        super().set_attn_implementation({**per_sub_config, "convnext_config": "eager"}, **kwargs)
+        if config.convnext_config is not None:
+            config.convnext_config._attn_implementation_internal = convnext
 
     def post_init(self):
         super().post_init()

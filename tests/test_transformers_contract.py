@@ -214,7 +214,7 @@ def test_one_attention_backend_reaches_every_sub_model_that_has_attention(inputs
     logits = {}
     for backend in ("eager", "sdpa"):
         model = micro_model(in_vocab=True, attn_implementation=backend)
-        assert attention_of(model) == {"text_config": backend, "convnext_config": "eager", "dinov2_config": backend}
+        assert attention_of(model) == {"text_config": backend, "convnext_config": backend, "dinov2_config": backend}
         assert model.model.language_model.config._attn_implementation == backend
         assert model.model.dinov2.model.config._attn_implementation == backend
         with torch.no_grad():
@@ -224,19 +224,42 @@ def test_one_attention_backend_reaches_every_sub_model_that_has_attention(inputs
 
     model.set_attn_implementation("eager")  # switching later works the same way
     assert attention_of(model) == {"text_config": "eager", "convnext_config": "eager", "dinov2_config": "eager"}
-    model.set_attn_implementation({"text_config": "sdpa"})  # an explicit choice per sub-config is kept
-    assert attention_of(model) == {"text_config": "sdpa", "convnext_config": "eager", "dinov2_config": "eager"}
+    model.set_attn_implementation("sdpa")
+    assert attention_of(model) == {"text_config": "sdpa", "convnext_config": "sdpa", "dinov2_config": "sdpa"}
+    model.set_attn_implementation({"text_config": "eager"})  # an explicit choice per sub-config is kept
+    assert attention_of(model) == {"text_config": "eager", "convnext_config": "sdpa", "dinov2_config": "sdpa"}
 
 
-def test_flash_attention_goes_to_the_sub_models_that_support_it():
+@pytest.mark.parametrize("backend", ["eager", "sdpa", "flash_attention_2"])
+def test_q_former_takes_sdpa_under_flash_attention(backend, monkeypatch):
+    """SPHINX (v1) checkpoints hold BLIP-2's Q-Former, which has no flash-attention; the rest of the model keeps it.
+    flash-attn cannot install here, so under flash-attention transformers' availability checks are replaced by the
+    support check alone (a class without `_supports_flash_attn` refuses it); eager and SDPA run the real checks."""
+    from transformers.modeling_utils import PreTrainedModel
+
+    def support_check_only(self, requested, *args, **kwargs):
+        if requested and "flash" in requested and not self._supports_flash_attn:
+            raise ValueError(f"{type(self).__name__} has no flash-attention")
+        return requested or "sdpa"
+
+    if backend == "flash_attention_2":
+        monkeypatch.setattr(PreTrainedModel, "_check_and_adjust_attn_implementation", support_check_only)
+        monkeypatch.setattr(PreTrainedModel, "get_correct_attn_implementation", support_check_only)
     config = micro_config(in_vocab=True, qformer_config=blip2_qformer())
-    assert config.attention_per_sub_config("flash_attention_2") == {
-        "": "flash_attention_2",
-        "text_config": "flash_attention_2",
-        "convnext_config": "eager",  # no attention layer
-        "dinov2_config": "flash_attention_2",
-        "qformer_config": "sdpa",  # BLIP-2's Q-Former has no flash-attention
-    }
+    config.qformer_config.vision_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                   intermediate_size=32, image_size=28, patch_size=14))
+    config.qformer_config.qformer_config.update(dict(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                                    intermediate_size=32, encoder_hidden_size=16))
+    config.qformer_config.num_query_tokens = 2
+    model = sphinx_x.SphinxXForConditionalGeneration._from_config(config, attn_implementation=backend)
+    qformer = "sdpa" if backend == "flash_attention_2" else backend
+    for _ in ("after init", "after set_attn_implementation"):
+        assert model.model.language_model.config._attn_implementation == backend
+        assert model.model.dinov2.model.config._attn_implementation == backend
+        assert model.model.qformer.vision_model.config._attn_implementation == backend
+        assert model.model.qformer.qformer.config._attn_implementation == qformer
+        model.set_attn_implementation("eager")
+        model.set_attn_implementation(backend)
 
 
 # 9. Static cache and compiled decoding.
