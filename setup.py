@@ -40,7 +40,7 @@ setup(
         "train": ["trl==1.16.*", "peft>=0.17", "datasets>=4.7", "pyyaml"],
         "flash": ["flash-attn>=2.6"],
         "qlora": ["bitsandbytes>=0.45"],
-        "test": ["pytest>=8"],
+        "test": ["pytest>=8", "parameterized"],
     },
     entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
 )
