@@ -70,9 +70,11 @@ class SphinxXProcessor(ProcessorMixin):
     r"""
     Turns images and text into SPHINX-X inputs.
 
-    Each `<image>` in the text becomes the run of placeholder tokens the model fills, its length from
-    `SphinxXImageProcessor.num_image_tokens` (kept views x tokens per view + one per skipped tile). Batches are
-    padded on the left for generation. Decoding drops the reference terminator `"\n###"` that ends an answer.
+    Each `<image>` in the text becomes the run of placeholder tokens (the tokenizer's `<image>` id, the model's
+    `config.image_token_id`) the model fills, its length from `SphinxXImageProcessor.num_image_tokens` (kept views x
+    tokens per view + one per skipped tile). One image per prompt, as SPHINX is trained; a prompt without `<image>`
+    given one image gets it in front. Batches are padded on the left for generation. Decoding drops the reference
+    terminator `"\n###"` that ends an answer.
 
     Args:
         image_processor (`SphinxXImageProcessor`), tokenizer (`LlamaTokenizer`-style, with an `<image>` token),
