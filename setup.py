@@ -54,7 +54,7 @@ setup(
         # API clients for other models' backends. Its evaluator imports `filelock._api`, gone in filelock 4.
         "lmms-eval": ["datasets>=4.7", "loguru", "sacrebleu", "evaluate", "pytz", "tenacity", "pytablewriter",
                       "filelock<4"],
-        "test": ["pytest>=8", "onnxruntime", "playwright>=1.40", "gradio>=6,<7"],
+        "test": ["pytest>=8", "onnxruntime", "playwright>=1.40", "gradio>=6,<7", "parameterized"],
     },
     entry_points={
         "console_scripts": ["sphinx-x = sphinx_x.cli:main"],

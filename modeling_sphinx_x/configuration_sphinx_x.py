@@ -56,7 +56,11 @@ class SphinxXConfig(PreTrainedConfig):
             encoder resamples the canvas to its view size for the global view and cuts tiles from the canvas (or from
             the canvas resampled to `grid * view size`). `"base_views"` (the 224-px SPHINX and SPHINX-1k): views are
             the global view and the native tiles at `tile_size`, nearest-resampled for an encoder of another size.
-        image_token_id (`int`): id of the placeholder token that the processor repeats for every image position.
+        image_token_id (`int`): id of the `<image>` placeholder token that the processor repeats for every image
+            position. Inside the LLM's vocabulary (LLaVA's convention) it embeds as its own row, and images can come
+            with `inputs_embeds`; by default it is `text_config.vocab_size`, one past the vocabulary, as converted
+            checkpoints have it (their tokenizer appends `<image>`, their logits keep the reference's shape); such an
+            id embeds as row 0 when no image fills it. See `SphinxXModel.embed_input_ids`.
         projector_layer_norm_eps (`float`): epsilon of the LayerNorm that follows each projection.
     """
 

@@ -19,12 +19,16 @@ from transformers import (
     StoppingCriteria,
     StoppingCriteriaList,
 )
+from transformers.generation.streamers import BaseStreamer
 from transformers.modeling_outputs import (
+    BaseModelOutput,
     BaseModelOutputWithPooling,
     MultimodalMoeBaseModelOutputWithPast,
     MultimodalMoeCausalLMOutputWithPast,
 )
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_sphinx_x import SphinxXConfig
 
@@ -79,15 +83,20 @@ class SphinxXConvNextEncoder(nn.Module):
 
     def __init__(self, config, token_grid_size: int):
         super().__init__()
+        # ConvNeXt has no attention layer, so a model-wide backend does not concern it, but transformers refuses to
+        # build it under any but eager: build it so, and keep the config's (model-wide) value.
+        requested, config._attn_implementation_internal = config._attn_implementation_internal, "eager"
         self.model = ConvNextModel(config)
+        config._attn_implementation_internal = requested
         # HF hard-codes eps 1e-6 in the ConvNeXt blocks; timm/OpenCLIP uses the config's value everywhere.
         for module in self.model.modules():
             if isinstance(module, nn.LayerNorm):
                 module.eps = config.layer_norm_eps
         self.token_grid_size = token_grid_size
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, S, S]` -> `[N, 1 + g*g, C]`: the spatial mean token, then the row-major grid."""
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutput:
+        """`[N, 3, S, S]` -> `last_hidden_state` `[N, 1 + g*g, C]`: the spatial mean token, then the row-major grid.
+        ConvNeXt has no attentions and records no hidden states."""
         feature_map = self.model.encoder(self.model.embeddings(pixel_values)).last_hidden_state
         # timm's `head.norm` is HF's final `layernorm`, applied here to every position, not to the pooled vector.
         feature_map = self.model.layernorm(feature_map.permute(0, 2, 3, 1))
@@ -95,7 +104,7 @@ class SphinxXConvNextEncoder(nn.Module):
         if repeat > 1:  # 8x8 maps of the 224-px families are repeated up to the 16x16 token grid
             feature_map = feature_map.repeat_interleave(repeat, dim=2).repeat_interleave(repeat, dim=1)
         tokens = feature_map.flatten(1, 2)
-        return torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1)
+        return BaseModelOutput(last_hidden_state=torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1))
 
 
 class SphinxXDinov2Encoder(nn.Module):
@@ -105,8 +114,9 @@ class SphinxXDinov2Encoder(nn.Module):
         super().__init__()
         self.model = Dinov2Model(config)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, S, S]` -> `[N, 1 + (S / patch_size)**2, C]` (final-norm CLS token, then patch tokens)."""
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutput:
+        """`[N, 3, S, S]` -> `last_hidden_state` `[N, 1 + (S / patch_size)**2, C]` (final-norm CLS token, then patch
+        tokens), with DINOv2's `hidden_states` / `attentions` when `output_hidden_states` / `output_attentions`."""
         # x * (std_clip / std_dino) + (mean_clip - mean_dino) / std_dino, with the constants in the pixel dtype like
         # the reference (computed per call: weights are materialised from the meta device, buffers would not be).
         clip_mean, clip_std, dino_mean, dino_std = (
@@ -115,7 +125,7 @@ class SphinxXDinov2Encoder(nn.Module):
         )
         scale = (clip_std / dino_std).to(pixel_values.dtype)
         shift = ((clip_mean - dino_mean) / dino_std).to(pixel_values.dtype)
-        return self.model(pixel_values * scale + shift).last_hidden_state
+        return self.model(pixel_values * scale + shift, return_dict=True, **kwargs)
 
 
 class SphinxXClipEncoder(nn.Module):
@@ -125,9 +135,15 @@ class SphinxXClipEncoder(nn.Module):
         super().__init__()
         self.model = CLIPVisionModel(config)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, S, S]` -> `[N, 1 + (S / patch_size)**2, C]` (CLS token, then patch tokens)."""
-        return self.model.post_layernorm(self.model(pixel_values).last_hidden_state)
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutput:
+        """`[N, 3, S, S]` -> `last_hidden_state` `[N, 1 + (S / patch_size)**2, C]` (CLS token, then patch tokens), with
+        CLIP's `hidden_states` / `attentions` when asked."""
+        outputs = self.model(pixel_values, return_dict=True, **kwargs)
+        return BaseModelOutput(
+            last_hidden_state=self.model.post_layernorm(outputs.last_hidden_state),
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+        )
 
 
 class SphinxXQFormerEncoder(nn.Module):
@@ -135,18 +151,26 @@ class SphinxXQFormerEncoder(nn.Module):
 
     def __init__(self, config):
         super().__init__()
+        if "flash" in (config.qformer_config._attn_implementation or ""):
+            # BLIP-2's Q-Former has no flash-attention; its vision tower keeps it.
+            config.qformer_config._attn_implementation = "sdpa"
         self.vision_model = Blip2VisionModel(config.vision_config)
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens, config.qformer_config.hidden_size))
         self.qformer = Blip2QFormerModel(config.qformer_config)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """`[N, 3, S, S]` -> `[N, num_query_tokens, qformer_config.hidden_size]`."""
-        image_embeds = self.vision_model(pixel_values).last_hidden_state
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutput:
+        """`[N, 3, S, S]` -> `last_hidden_state` `[N, num_query_tokens, qformer_config.hidden_size]`, with the vision
+        tower's `hidden_states` / `attentions` when asked."""
+        vision_outputs = self.vision_model(pixel_values, return_dict=True, **kwargs)
+        image_embeds = vision_outputs.last_hidden_state
         image_attention_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=image_embeds.device)
         queries = self.query_tokens.expand(image_embeds.shape[0], -1, -1)
-        return self.qformer(
+        queries = self.qformer(
             query_embeds=queries, encoder_hidden_states=image_embeds, encoder_attention_mask=image_attention_mask
         ).last_hidden_state
+        return BaseModelOutput(
+            last_hidden_state=queries, hidden_states=vision_outputs.hidden_states, attentions=vision_outputs.attentions
+        )
 
 
 class SphinxXProjector(nn.Module):
@@ -183,6 +207,28 @@ class SphinxXPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # The image path runs once, before the prefill (`generate` passes `mm_encoder_outputs`); decoding steps are text
+    # only and compile as one graph (static cache, `torch.compile`).
+    _can_compile_fullgraph = True
+
+    def set_attn_implementation(self, attn_implementation: str | dict, **kwargs):
+        """`PreTrainedModel.set_attn_implementation`; one backend goes to every sub-model that supports it: ConvNeXt
+        (no attention layer) stays eager while its config shows the requested value, BLIP-2's Q-Former (no
+        flash-attention) takes SDPA under flash-attention. A `dict` chooses per sub-config, as in transformers."""
+        config = self.config
+        if isinstance(attn_implementation, str):
+            qformer = "sdpa" if "flash" in attn_implementation else attn_implementation
+            per_sub_config = {key: attn_implementation for key in ("", "text_config", "clip_config", "dinov2_config")}
+            per_sub_config["qformer_config"] = {
+                "": attn_implementation, "vision_config": attn_implementation, "qformer_config": qformer
+            }
+        else:
+            per_sub_config = dict(attn_implementation)
+        convnext = per_sub_config.pop("convnext_config", attn_implementation if isinstance(attn_implementation, str)
+                                      else config.convnext_config and config.convnext_config._attn_implementation)
+        super().set_attn_implementation({**per_sub_config, "convnext_config": "eager"}, **kwargs)
+        if config.convnext_config is not None:
+            config.convnext_config._attn_implementation_internal = convnext
 
     def post_init(self):
         super().post_init()
@@ -254,6 +300,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             return base_views
         return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
 
+    @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, image_tile_mask: torch.Tensor | None = None, **kwargs
     ) -> BaseModelOutputWithPooling:
@@ -262,11 +309,14 @@ class SphinxXModel(SphinxXPreTrainedModel):
         Args:
             pixel_values: `[B, 3, H, W]` canvases from `SphinxXImageProcessor`.
             image_tile_mask: `[B, num_tiles]` bool, `True` for tiles to encode. `None` encodes every tile.
+            output_hidden_states, output_attentions (`bool`, *optional*): also return the encoders' own.
 
         Returns:
             `pooler_output`: a list of `B` tensors `[n_i, hidden]`: per view `[start, queries, grid tokens, end]`
             for encoded views, one skip embedding per skipped tile, in the order global view, tiles row-major.
             `last_hidden_state`: `[n_views, tokens, hidden]`, the projected tokens of the encoded views.
+            `hidden_states` / `attentions`: when asked, those of the encoders that record them (CLIP, DINOv2, the
+            Q-Former's vision tower; ConvNeXt records none), one tuple, encoders in the order Q-Former, CLIP, DINOv2.
         """
         config = self.config
         # As the reference, the whole vision path runs in the model's dtype (bf16 canvases, fp16 resamplings).
@@ -274,6 +324,11 @@ class SphinxXModel(SphinxXPreTrainedModel):
         batch = pixel_values.shape[0]
         if image_tile_mask is None:
             image_tile_mask = torch.ones(batch, config.num_tiles, dtype=torch.bool, device=pixel_values.device)
+        elif image_tile_mask.shape != (batch, config.num_tiles):
+            raise ValueError(
+                f"`image_tile_mask` has shape {tuple(image_tile_mask.shape)} but `pixel_values` hold {batch} images of "
+                f"{config.num_tiles} tiles: pass the `pixel_values` and `image_tile_mask` of the same processor call."
+            )
         elif not config.use_skip_tokens and not image_tile_mask.all():
             raise ValueError(
                 "This model has skip tokens off (its skip embedding is untrained) but `image_tile_mask` skips tiles. "
@@ -282,14 +337,16 @@ class SphinxXModel(SphinxXPreTrainedModel):
             )
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
-        grid_features = [
-            encoder(self.encoder_views(pixel_values, view_size, view_mask))
+        encoder_outputs = [
+            encoder(self.encoder_views(pixel_values, view_size, view_mask), **kwargs)
             for encoder, view_size in self.grid_encoders()
         ]
-        view_tokens = self.visual_projector(torch.cat(grid_features, dim=-1))
+        view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
-            view_tokens = torch.cat([self.qformer_projector(self.qformer(qformer_views)), view_tokens], dim=1)
+            qformer_outputs = self.qformer(qformer_views, **kwargs)
+            encoder_outputs.insert(0, qformer_outputs)
+            view_tokens = torch.cat([self.qformer_projector(qformer_outputs.last_hidden_state), view_tokens], dim=1)
 
         n_views, _, hidden = view_tokens.shape
         start = self.image_tags.start.to(view_tokens.dtype).expand(n_views, 1, hidden)
@@ -304,8 +361,53 @@ class SphinxXModel(SphinxXPreTrainedModel):
                 blocks.append(framed[next_view] if keep else skip)
                 next_view += keep
             per_image.append(torch.cat(blocks, dim=0))
-        return BaseModelOutputWithPooling(last_hidden_state=view_tokens, pooler_output=per_image)
+        hidden_states = sum((out.hidden_states or () for out in encoder_outputs), ()) or None
+        attentions = sum((out.attentions or () for out in encoder_outputs), ()) or None
+        return BaseModelOutputWithPooling(
+            last_hidden_state=view_tokens, pooler_output=per_image, hidden_states=hidden_states, attentions=attentions
+        )
 
+    def embed_input_ids(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        """`[B, L]` -> `[B, L, hidden]` token embeddings.
+
+        The placeholder id is an ordinary token of the embedding table when the table holds it (new models, the
+        tests' configs). Converted checkpoints keep the reference's id `vocab_size`, one past the table (their
+        tokenizer appends `<image>` to the LLM's vocabulary, so logits keep the reference's shape); there the
+        placeholder takes row 0's embedding, overwritten by the image features when images are given.
+        """
+        embeddings = self.get_input_embeddings()
+        if self.config.image_token_id >= embeddings.num_embeddings:
+            input_ids = input_ids.masked_fill(input_ids == self.config.image_token_id, 0)
+        return embeddings(input_ids)
+
+    def get_placeholder_mask(
+        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, image_features: torch.Tensor
+    ) -> torch.BoolTensor:
+        """`[B, L, 1]` image positions, from `input_ids`, or from `inputs_embeds` equal to the placeholder's embedding
+        row (LLaVA's convention); checks that they match the `[n, hidden]` image features."""
+        if input_ids is not None:
+            image_mask = input_ids == self.config.image_token_id
+        else:
+            embeddings = self.get_input_embeddings()
+            if self.config.image_token_id >= embeddings.num_embeddings:
+                raise ValueError(
+                    f"Images with `inputs_embeds` need the image placeholder id ({self.config.image_token_id}) inside "
+                    f"the embedding table ({embeddings.num_embeddings} rows), to find the image positions by its "
+                    "embedding; this checkpoint keeps the reference's out-of-table id. Pass `input_ids` instead."
+                )
+            placeholder = embeddings(torch.tensor(self.config.image_token_id, device=inputs_embeds.device))
+            image_mask = (inputs_embeds == placeholder).all(-1)
+        n_positions = int(image_mask.sum())
+        if n_positions != image_features.shape[0]:
+            raise ValueError(
+                f"Image features and image tokens do not match: the text holds {n_positions} image placeholder "
+                f"tokens but the images produce {image_features.shape[0]} positions. Build the inputs with "
+                "SphinxXProcessor (it expands each `<image>` to the right count) and do not truncate them."
+            )
+        return image_mask[..., None]
+
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -319,37 +421,30 @@ class SphinxXModel(SphinxXPreTrainedModel):
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         **kwargs,
     ) -> MultimodalMoeBaseModelOutputWithPast:
+        r"""
+        input_ids (`[B, L]`): token ids; image positions hold `config.image_token_id`. Without images, placeholder
+            ids are ordinary tokens (see `embed_input_ids`).
+        inputs_embeds (`[B, L, hidden]`): instead of `input_ids`; with images, the image positions are those equal to
+            the placeholder's embedding row (`get_placeholder_mask`).
+        """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
         if pixel_values is not None and mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
             raise ValueError("Pass either `pixel_values` or pre-computed `mm_encoder_outputs`, not both.")
         mm_encoder_outputs = dict(mm_encoder_outputs or {})
         if mm_encoder_outputs.get("image") is None and pixel_values is not None and pixel_values.shape[0] > 0:
-            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_tile_mask)
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values, image_tile_mask, return_dict=True)
 
-        image_mask = None
-        if input_ids is not None:
-            image_mask = input_ids == self.config.image_token_id
-            # The placeholder id lies outside the LLM vocabulary: look up any valid row, it is overwritten below.
-            inputs_embeds = self.get_input_embeddings()(input_ids.masked_fill(image_mask, 0))
+        if inputs_embeds is None:
+            inputs_embeds = self.embed_input_ids(input_ids)
 
         image_outputs = mm_encoder_outputs.get("image")
         if image_outputs is not None:
             image_features = torch.cat(list(image_outputs.pooler_output), dim=0).to(
                 inputs_embeds.device, inputs_embeds.dtype
             )
-            if image_mask is None:
-                raise ValueError("Images need `input_ids` with image placeholder tokens, not `inputs_embeds`.")
-            n_positions = int(image_mask.sum())
-            if n_positions != image_features.shape[0]:
-                raise ValueError(
-                    f"Image features and image tokens do not match: the text holds {n_positions} image placeholder "
-                    f"tokens but the images produce {image_features.shape[0]} positions. Build the inputs with "
-                    "SphinxXProcessor (it expands each `<image>` to the right count) and do not truncate them."
-                )
-            inputs_embeds = inputs_embeds.masked_scatter(image_mask[..., None].expand_as(inputs_embeds), image_features)
-        elif image_mask is not None and image_mask.any():
-            raise ValueError("The text holds image placeholder tokens but no `pixel_values` were given.")
+            image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
+            inputs_embeds = inputs_embeds.masked_scatter(image_mask.expand_as(inputs_embeds), image_features)
 
         outputs = self.language_model(
             attention_mask=attention_mask,
@@ -357,6 +452,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             cache=cache,
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
+            return_dict=True,
             **kwargs,
         )
         return MultimodalMoeBaseModelOutputWithPast(
@@ -381,6 +477,44 @@ class StopOnTokenSequences(StoppingCriteria):
             if input_ids.shape[1] >= len(seq):
                 done |= (input_ids[:, -len(seq) :] == seq.to(input_ids.device)).all(dim=1)
         return done
+
+
+class HideStopSequencesStreamer(BaseStreamer):
+    """Passes a generation on to a streamer without the stop sequences (the reference terminator `"\\n###"`).
+
+    Tokens that may begin a stop sequence are held back until the sequence breaks off (then they are passed on) or
+    completes (then they are dropped: generation stops there), so `TextStreamer` prints what `processor.decode` returns.
+    The first `put` (the prompt) and batched generations (which transformers' text streamers do not take) pass as is.
+    """
+
+    def __init__(self, streamer: BaseStreamer, sequences: list[list[int]]):
+        self.streamer = streamer
+        self.sequences = [list(seq) for seq in sequences if seq]
+        self.held: list[int] = []
+        self.prompt_passed = False
+
+    def put(self, value: torch.Tensor):
+        if not self.prompt_passed or value.numel() != 1:
+            self.prompt_passed = True
+            self.streamer.put(value)
+            return
+        self.held.append(int(value.reshape(-1)[0]))
+        if any(self.held[-len(seq) :] == seq for seq in self.sequences):
+            self.held = []
+            return
+        # Keep the longest tail of the held tokens that still begins a stop sequence; pass on the rest.
+        keep = max(
+            (n for n in range(1, len(self.held) + 1) for seq in self.sequences if self.held[-n:] == seq[:n]), default=0
+        )
+        if len(self.held) > keep:
+            self.streamer.put(torch.tensor(self.held[: len(self.held) - keep]))
+            self.held = self.held[len(self.held) - keep :]
+
+    def end(self):
+        if self.held:  # generation ended (EOS, length) inside what looked like a stop sequence
+            self.streamer.put(torch.tensor(self.held))
+            self.held = []
+        self.streamer.end()
 
 
 def ignore_image_positions_in_labels(module, args, kwargs):
@@ -421,8 +555,11 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
         self.lm_head = new_embeddings
 
     def get_image_features(self, pixel_values, image_tile_mask=None, **kwargs) -> BaseModelOutputWithPooling:
-        return self.model.get_image_features(pixel_values, image_tile_mask)
+        """See `SphinxXModel.get_image_features` (`return_dict`, `output_hidden_states`, `output_attentions` apply)."""
+        return self.model.get_image_features(pixel_values, image_tile_mask, **kwargs)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -461,6 +598,7 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
             inputs_embeds=inputs_embeds,
             use_cache=use_cache,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = outputs.last_hidden_state
@@ -492,15 +630,23 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
             image_outputs=outputs.image_outputs,
         )
 
-    def generate(self, *args, stopping_criteria: StoppingCriteriaList | None = None, **kwargs):
+    def generate(
+        self,
+        *args,
+        stopping_criteria: StoppingCriteriaList | None = None,
+        streamer: BaseStreamer | None = None,
+        **kwargs,
+    ):
         """`GenerationMixin.generate`, also stopping at the token sequences of `generation_config.stop_token_sequences`
-        (the reference terminator `"\\n###"`), in addition to EOS."""
+        (the reference terminator `"\\n###"`), in addition to EOS; a `streamer` never receives those sequences."""
         generation_config = kwargs.get("generation_config") or self.generation_config
         sequences = getattr(generation_config, "stop_token_sequences", None)
         stopping_criteria = StoppingCriteriaList(stopping_criteria or [])
         if sequences:
             stopping_criteria.append(StopOnTokenSequences(sequences))
-        return super().generate(*args, stopping_criteria=stopping_criteria, **kwargs)
+            if streamer is not None:
+                streamer = HideStopSequencesStreamer(streamer, sequences)
+        return super().generate(*args, stopping_criteria=stopping_criteria, streamer=streamer, **kwargs)
 
 
 __all__ = ["SphinxXPreTrainedModel", "SphinxXModel", "SphinxXForConditionalGeneration"]

@@ -154,6 +154,9 @@ class SphinxXImageProcessor(BaseImageProcessor):
         image_std: list[float] = CLIP_STD,
         **kwargs,
     ):
+        # `auto_map` in a saved config tells the Auto classes where the remote code is; it is no setting of this object
+        # (`save_pretrained` writes it again), so a reloaded image processor equals the one that was saved.
+        kwargs.pop("auto_map", None)
         super().__init__(**kwargs)
         self.tile_size = tile_size
         self.image_grid = list(image_grid)

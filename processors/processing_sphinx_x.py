@@ -20,6 +20,16 @@ DEFAULT_SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
+# SPHINX is trained with one image per conversation, its block right after BOS: several images, or an image in a later
+# turn (which would be moved before the first), are refused rather than silently reordered.
+ONE_IMAGE_ERROR = (
+    "SPHINX takes one image per conversation (it is trained that way); this conversation has several. "
+    "Ask about each image in its own conversation."
+)
+FIRST_TURN_ERROR = (
+    "SPHINX reads the image before the whole conversation; put the image in the first user message, not a later turn."
+)
+GENERATION_PROMPT = " Assistant:"
 CHAT_TEMPLATE = (
     "{%- macro text_of(message) -%}"
     "{%- if message['content'] is string -%}{{- message['content'] | trim -}}"
@@ -27,9 +37,17 @@ CHAT_TEMPLATE = (
     " | trim -}}{%- endif -%}"
     "{%- endmacro -%}"
     "{{- bos_token -}}"
-    "{%- for message in messages -%}{%- if message['content'] is not string -%}"
-    "{%- for part in message['content'] -%}{%- if part['type'] == 'image' -%}<image>{%- endif -%}{%- endfor -%}"
-    "{%- endif -%}{%- endfor -%}"
+    "{%- set state = namespace(images=0, users=0) -%}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'user' -%}{%- set state.users = state.users + 1 -%}{%- endif -%}"
+    "{%- if message['content'] is not string -%}{%- for part in message['content'] -%}"
+    "{%- if part['type'] == 'image' -%}"
+    "{%- if state.images > 0 -%}{{- raise_exception('" + ONE_IMAGE_ERROR + "') -}}{%- endif -%}"
+    "{%- if message['role'] != 'user' or state.users != 1 -%}{{- raise_exception('" + FIRST_TURN_ERROR + "') -}}"
+    "{%- endif -%}"
+    "{%- set state.images = 1 -%}<image>"
+    "{%- endif -%}{%- endfor -%}{%- endif -%}"
+    "{%- endfor -%}"
     "{%- if messages and messages[0]['role'] == 'system' -%}{{- text_of(messages[0]) -}}"
     "{%- else -%}{{- '" + DEFAULT_SYSTEM_PROMPT.replace("'", "\\'") + "' -}}{%- endif -%}"
     "{{- '\\n\\n###' -}}"
@@ -40,7 +58,7 @@ CHAT_TEMPLATE = (
     "{%- else -%}{{- raise_exception('SPHINX conversations have system, user and assistant roles only, got '"
     " + message['role']) -}}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- ' Assistant:' -}}"
+    "{%- if add_generation_prompt -%}{{- '" + GENERATION_PROMPT + "' -}}"
     "{%- elif messages and messages[-1]['role'] == 'assistant' -%}{{- eos_token -}}{%- endif -%}"
 )
 STOP_STRING = "\n###"
@@ -76,9 +94,11 @@ class SphinxXProcessor(ProcessorMixin):
     r"""
     Turns images and text into SPHINX-X inputs.
 
-    Each `<image>` in the text becomes the run of placeholder tokens the model fills, its length from
-    `SphinxXImageProcessor.num_image_tokens` (kept views x tokens per view + one per skipped tile). Batches are
-    padded on the left for generation. Decoding drops the reference terminator `"\n###"` that ends an answer.
+    Each `<image>` in the text becomes the run of placeholder tokens (the tokenizer's `<image>` id, the model's
+    `config.image_token_id`) the model fills, its length from `SphinxXImageProcessor.num_image_tokens` (kept views x
+    tokens per view + one per skipped tile). One image per prompt, as SPHINX is trained; a prompt without `<image>`
+    given one image gets it in front. Batches are padded on the left for generation. Decoding drops the reference
+    terminator `"\n###"` that ends an answer.
 
     Args:
         image_processor (`SphinxXImageProcessor`), tokenizer (`LlamaTokenizer`-style, with an `<image>` token),
@@ -100,6 +120,33 @@ class SphinxXProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, chat_template=chat_template or CHAT_TEMPLATE, **kwargs)
         fillers = "|".join(re.escape(token) for token in {tokenizer.pad_token, tokenizer.eos_token} if token)
         self._trailing_stop = re.compile(re.escape(STOP_STRING) + rf"(?:\s|{fillers})*$")
+
+    def __call__(self, images=None, text=None, **kwargs):
+        """`ProcessorMixin.__call__`, one image per text: a text without `<image>` given one image gets it in front (the
+        reference's layout, right after BOS), as in `pipe(images=image, text="...")`; more are refused."""
+        if text is not None and images is not None:
+            texts = [text] if isinstance(text, str) else list(text)
+            nested = images if isinstance(images, (list, tuple)) else [images]
+            flat_images = [image for item in nested for image in (item if isinstance(item, (list, tuple)) else [item])]
+            counts = [piece.count(self.image_token) for piece in texts]
+            if max(counts, default=0) > 1 or len(flat_images) > len(texts):
+                raise ValueError(
+                    f"SPHINX takes one image per prompt; got {len(flat_images)} images for {len(texts)} prompts "
+                    f"({sum(counts)} `<image>` markers). Ask about each image in its own prompt."
+                )
+            if sum(counts) == 0 and len(flat_images) == len(texts):
+                texts = [self.image_token + piece for piece in texts]
+                text = texts[0] if isinstance(text, str) else texts
+        return super().__call__(images=images, text=text, **kwargs)
+
+    def save_pretrained(self, save_directory, **kwargs):
+        """`ProcessorMixin.save_pretrained`, without leaving the saved files' `auto_map` on this processor and its image
+        processor (transformers sets it on the objects it saves), so that a saved and reloaded processor equals this
+        one."""
+        saved = super().save_pretrained(save_directory, **kwargs)
+        for component in (self, self.image_processor):
+            component.__dict__.pop("auto_map", None)
+        return saved
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_processor.num_image_tokens(image_inputs["image_tile_mask"][image_idx])
@@ -142,7 +189,15 @@ class SphinxXProcessor(ProcessorMixin):
         return self.strip_stop_string(self.tokenizer.decode(*args, **kwargs))
 
     def post_process_image_text_to_text(self, generated_outputs, skip_special_tokens=True, **kwargs) -> list[str]:
-        return self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs)
+        """Decoded sequences without the terminator, the answer after the last `" Assistant:"` always one space away
+        from it, as the chat format writes it. SentencePiece keeps or drops the answer's leading space depending on the
+        first token; this makes the pipeline's answer (the text after the decoded prompt, which ends `" Assistant: "`)
+        equal to `processor.decode` of the new tokens, e.g. `"blue"`, never `" blue"`."""
+        texts = []
+        for text in self.batch_decode(generated_outputs, skip_special_tokens=skip_special_tokens, **kwargs):
+            head, prompt, answer = text.rpartition(GENERATION_PROMPT)
+            texts.append(head + prompt + " " + answer.removeprefix(" ") if prompt else text)
+        return texts
 
     def grounding_placement(self) -> tuple[str, tuple[int, int]]:
         """`(placement, canvas (height, width))` of this processor's canvas: SPHINX-X's top-left image with skipped

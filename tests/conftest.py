@@ -53,3 +53,11 @@ def chat_inputs(processor, conversations, **processor_kwargs):
 @pytest.fixture(scope="session")
 def tiny_model_and_processor():
     return make_tiny_model_and_processor()
+
+
+def pytest_configure(config):
+    """Markers that transformers' vendored `test_modeling_common.py` uses (transformers registers them in its own
+    conftest)."""
+    markers = ("accelerate_tests", "flash_attn_test", "flash_attn_3_test", "flash_attn_4_test", "torch_compile_test")
+    for marker in markers:
+        config.addinivalue_line("markers", f"{marker}: transformers test marker")

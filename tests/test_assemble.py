@@ -186,7 +186,7 @@ def test_vision_features_equal_the_source_encoders(parts, assembled):
     pixels = torch.randn(2, 3, 512, 512, generator=generator)
     expected_map = timm_convnext_features(parts["trunk"], pixels).flatten(2).transpose(1, 2)  # [2, 256, 32]
     with torch.no_grad():
-        tokens = model.model.convnext(pixels)
+        tokens = model.model.convnext(pixels).last_hidden_state
     assert tokens.shape == (2, 257, parts_factory.CONVNEXT_WIDTHS[-1])
     torch.testing.assert_close(tokens[:, 1:], expected_map, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(tokens[:, 0], expected_map.mean(dim=1), rtol=1e-4, atol=1e-4)

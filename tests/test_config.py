@@ -63,7 +63,7 @@ def test_demo_convnext_keeps_32_px_tokens_with_its_2_px_stem():
     torch.manual_seed(0)
     model = sphinx_x.SphinxXForConditionalGeneration(config)
     encoder = model.model.convnext
-    assert encoder(torch.randn(2, 3, 128, 128)).shape == (2, 1 + 16, convnext.hidden_sizes[-1])
+    assert encoder(torch.randn(2, 3, 128, 128)).last_hidden_state.shape == (2, 1 + 16, convnext.hidden_sizes[-1])
     # The preset's wider init reaches the composite model's weights (not transformers' default std 0.02).
     stem = encoder.model.embeddings.patch_embeddings.weight
     assert 0.06 < stem.std().item() < 0.09

@@ -319,14 +319,28 @@ def test_exif_rotated_jpeg_is_upright(skipping, tmp_path, orientation, rotate_k)
 def test_placeholder_count_mismatch(tiny_model_and_processor):
     _, processor = tiny_model_and_processor
     image = PIL.Image.new("RGB", (300, 100), (10, 200, 30))
-    with pytest.raises(ValueError, match=r"Found total 2 <image> tokens and 1 images"):
+    with pytest.raises(ValueError, match=r"one image per prompt; got 1 images for 1 prompts \(2 `<image>` markers\)"):
         processor(text="<image><image> Describe.", images=[image])
-    with pytest.raises(ValueError, match=r"Found total 1 <image> tokens and 2 images"):
+    with pytest.raises(ValueError, match=r"one image per prompt; got 2 images for 1 prompts"):
         processor(text="<image> Describe.", images=[image, image])
+    with pytest.raises(ValueError, match=r"one image per prompt; got 2 images for 1 prompts \(0 `<image>` markers\)"):
+        processor(text="Describe.", images=[image, image])
     with pytest.raises(ValueError, match=r"Found 1 <image> tokens in the text but no images"):
         processor(text="<image> Describe.")
-    with pytest.raises(ValueError, match=r"Found total 0 <image> tokens and 1 images"):
-        processor(text="Describe.", images=[image])
+    with pytest.raises(ValueError, match=r"Found total 1 <image> tokens and 2 images"):
+        processor(text=["<image> Describe.", "Describe."], images=[image, image])
+
+
+def test_text_without_placeholder_gets_the_image_in_front(tiny_model_and_processor):
+    """`pipe(images=image, text="...")`, as LLaVA users write it: the image block goes right after BOS."""
+    _, processor = tiny_model_and_processor
+    image = PIL.Image.new("RGB", (300, 100), (10, 200, 30))
+    explicit = processor(text="<image> Describe.", images=[image])
+    implicit = processor(text=" Describe.", images=image)
+    assert implicit["input_ids"] == explicit["input_ids"]
+    assert explicit["input_ids"][0][:2] == [processor.tokenizer.bos_token_id, processor.image_token_id]
+    batch = processor(text=[" Describe.", " Describe."], images=[image, image], padding=True)
+    assert batch["input_ids"] == explicit["input_ids"] * 2
 
 
 @pytest.mark.parametrize(("size", "expected_tokens"), [((300, 100), 3 * 259 + 2), ((100, 300), 3 * 259 + 2),

@@ -72,8 +72,8 @@ def test_vision_features_match_reference(converted, inputs, reference):
         views = torch.ones(1, 5, dtype=torch.bool)
         from sphinx_x.modeling_sphinx_x import build_views
 
-        convnext = model.convnext(build_views(inputs["pixel_values"], 512, [2, 2], 512, views))
-        dinov2 = model.dinov2(build_views(inputs["pixel_values"], 224, [2, 2], 512, views))
+        convnext = model.convnext(build_views(inputs["pixel_values"], 512, [2, 2], 512, views)).last_hidden_state
+        dinov2 = model.dinov2(build_views(inputs["pixel_values"], 224, [2, 2], 512, views)).last_hidden_state
         features = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"])
     convnext_map = convnext[:, 1:].reshape(5, 16, 16, -1).permute(0, 3, 1, 2)
     assert (convnext_map - reference["convnext_feature_map"]).abs().max() <= 1e-4
