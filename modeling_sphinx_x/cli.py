@@ -223,15 +223,18 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument(
         "--preset",
         required=True,
-        choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe"],
+        choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe", "sphinx-x-demo"],
     )
     assemble.add_argument(
-        "--llm", required=True, help="HF folder of TinyLlama / Llama-2 / Mixtral, or InternLM2 in its own format"
+        "--llm",
+        required=True,
+        help="HF folder of TinyLlama / Llama-2 / SmolLM2 / Mixtral, InternLM2 in its own format, or a GGUF file",
     )
     assemble.add_argument(
-        "--convnext", required=True, help="open_clip CLIP ConvNeXt-XXLarge folder or file, or a timm ConvNeXt trunk"
+        "--convnext",
+        help="open_clip CLIP ConvNeXt-XXLarge folder or file, or a timm ConvNeXt trunk (none for sphinx-x-demo)",
     )
-    assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant)")
+    assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant, or any size)")
     assemble.add_argument("dst", help="output folder (written atomically)")
     assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16")
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
