@@ -53,17 +53,18 @@ def test_feature_widths_are_derived_from_the_encoders():
     assert model.model.visual_projector.linear.in_features == config.vision_feature_size
 
 
-def test_demo_convnext_keeps_32_px_tokens_with_its_2_px_stem():
+def test_demo_preset_grids_match_with_a_2_px_convnext_stem():
     config = preset_config("sphinx-x-demo")
     convnext = config.convnext_config
-    assert (convnext.patch_size, convnext.num_stages) == (2, 5)
-    # 2 px, then four 2x downsamplings: 32 px per token, the 4x4 grid of a 128-px tile, like DINOv2's at 56 px.
-    assert config.encoder_grid_size("convnext") == config.encoder_grid_size("dinov2") == 4
-    assert config.tokens_per_view == 19
+    assert (convnext.patch_size, convnext.num_stages, convnext.image_size) == (2, 4, 128)
+    # ConvNeXt: 2 px, then three 2x downsamplings of its 128-px views; DINOv2: 14-px patches of 112-px tiles.
+    assert config.encoder_grid_size("convnext") == config.encoder_grid_size("dinov2") == 8
+    assert config.tokens_per_view == 67 and config.canvas_size == (224, 224)
+    assert config.tie_word_embeddings and config.text_config.tie_word_embeddings
     torch.manual_seed(0)
     model = sphinx_x.SphinxXForConditionalGeneration(config)
     encoder = model.model.convnext
-    assert encoder(torch.randn(2, 3, 128, 128)).last_hidden_state.shape == (2, 1 + 16, convnext.hidden_sizes[-1])
+    assert encoder(torch.randn(2, 3, 128, 128)).last_hidden_state.shape == (2, 1 + 64, convnext.hidden_sizes[-1])
     # The preset's wider init reaches the composite model's weights (not transformers' default std 0.02).
     stem = encoder.model.embeddings.patch_embeddings.weight
     assert 0.06 < stem.std().item() < 0.09
