@@ -116,3 +116,26 @@ def test_demo_model_keeps_its_heldout_accuracy(demo_model):
         assert results[task]["accuracy"] >= floor, (task, results[task])
     text = evaluate_text(model, processor, batch_size=20)
     assert text["accuracy"] >= TEXT_FLOOR, text
+
+
+def test_dinov2_read_from_onnx_matches_onnxruntime(tmp_path):
+    """The wheel's ONNX graph, run by onnxruntime up to its backbone's final LayerNorm, against the converted
+    `Dinov2Model` on the same pixels."""
+    onnx = pytest.importorskip("onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    from transformers import Dinov2Model
+
+    from sphinx_x.conversion.dinov2_onnx import convert_dinov2_onnx
+
+    source = demo.DINOV2_S.verified()
+    graph = onnx.load(str(source))
+    graph.graph.output.append(onnx.helper.make_tensor_value_info("/backbone/layernorm/Add_1_output_0",
+                                                                 onnx.TensorProto.FLOAT, None))
+    session = onnxruntime.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+    expected = session.run(["/backbone/layernorm/Add_1_output_0"], {"input_image": pixels})[0]
+    model = Dinov2Model.from_pretrained(convert_dinov2_onnx(source, tmp_path / "dinov2")).eval()
+    assert (model.config.hidden_size, model.config.num_hidden_layers, model.config.num_attention_heads) == (384, 12, 6)
+    with torch.no_grad():
+        got = model(torch.from_numpy(pixels)).last_hidden_state.numpy()
+    assert np.abs(got - expected).max() < 1e-4
