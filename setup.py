@@ -8,6 +8,7 @@ FOLDERS = {
     "sphinx_x.conversion": "conversion",
     "sphinx_x.training": "training",
     "sphinx_x.model_cards": "model_cards",
+    "sphinx_x_cli": "cli",
 }
 
 setup(
@@ -42,5 +43,5 @@ setup(
         "qlora": ["bitsandbytes>=0.45"],
         "test": ["pytest>=8"],
     },
-    entry_points={"console_scripts": ["sphinx-x = sphinx_x.cli:main"]},
+    entry_points={"console_scripts": ["sphinx-x = sphinx_x_cli:main"]},
 )

@@ -1,15 +1,51 @@
-"""The `sphinx-x` command line: chat with a model, convert and publish checkpoints, train."""
+"""The `sphinx-x` command line: chat with a model, convert and publish checkpoints, train.
+
+Nothing heavy is imported at the top of this file (the console script loads it without the package, see
+`sphinx_x_cli`): each command imports torch, transformers and the package itself when it runs.
+"""
 
 import argparse
 import sys
 import threading
 from pathlib import Path
 
-import torch
 
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = ("float32", "bfloat16", "float16")
 DEMO_MODEL = Path(__file__).parent / "demo_model"
+PRESETS = ("sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def resolve_device(device: str | None) -> str:
+    """`--device`: the first GPU when there is one and none is asked for; a GPU asked for must exist."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu.")
+    return device
+
+
+def model_location(model: str | None) -> str | Path:
+    """`--model`: a local folder, or a Hub id; a path that names no folder is refused as such."""
+    if model is None:
+        if not DEMO_MODEL.is_dir():
+            raise ValueError("This install has no embedded demo model; pass --model with a converted folder or Hub id.")
+        return DEMO_MODEL
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"--model {model}: is a file; pass the folder that holds config.json.")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:  # a path, not ORG/NAME
+        raise ValueError(f"--model {model}: no such folder. Pass a converted model folder or a Hub id (ORG/NAME).")
+    return model
 
 
 class StopStringFilter:
@@ -71,12 +107,13 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
 
 
 def chat(args) -> None:
+    model_path = model_location(args.model)
+    device = resolve_device(args.device)
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    model_path = args.model or DEMO_MODEL
-    if args.model is None and not DEMO_MODEL.is_dir():
-        raise ValueError("This install has no embedded demo model; pass --model with a converted folder or Hub id.")
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[args.dtype]).to(args.device).eval()
+    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
+
+    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(args.dtype)).to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     content = [{"type": "image", "image": args.image}] if args.image else []
     messages = []
@@ -87,10 +124,12 @@ def chat(args) -> None:
                 return
             question = questions.pop()
         else:
-            try:
-                question = input("you> ").strip()
-            except EOFError:
+            if sys.stdin.isatty():  # the prompt goes to the terminal, never into the answers on stdout
+                print("you> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
                 return
+            question = line.strip()
             if not question:
                 continue
         messages.append({"role": "user", "content": content + [{"type": "text", "text": question}]})
@@ -105,7 +144,7 @@ def convert_accessory_command(args) -> None:
     dst = convert_accessory(
         args.src,
         args.dst,
-        dtype=DTYPES[args.dtype],
+        dtype=torch_dtype(args.dtype),
         dinov2_num_heads=args.dinov2_num_heads,
         clip_activation=args.clip_activation,
         clip_num_heads=args.clip_num_heads,
@@ -122,7 +161,13 @@ def convert_assemble_command(args) -> None:
     from .conversion.assemble import assemble
 
     dst = assemble(
-        args.preset, args.llm, args.convnext, args.dinov2, args.dst, dtype=DTYPES[args.dtype], overwrite=args.overwrite
+        args.preset,
+        args.llm,
+        args.convnext,
+        args.dinov2,
+        args.dst,
+        dtype=torch_dtype(args.dtype),
+        overwrite=args.overwrite,
     )
     print(f"Wrote {dst}")
 
@@ -144,6 +189,34 @@ def train_command(args) -> None:
     run_train_command(args)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_train_arguments(parser) -> None:
+    """The arguments of `sphinx-x train`."""
+    parser.add_argument("recipe", help="recipe YAML (see training/recipes/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set sft.max_steps=100 --set peft.r=8 (repeatable; VALUE is YAML)",
+    )
+    parser.add_argument("--output-dir", help="shortcut for --set sft.output_dir=DIR")
+    parser.add_argument(
+        "--resume-from-checkpoint",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="resume from CHECKPOINT, or from the last complete checkpoint in the output folder when none is given",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -152,9 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument("question", nargs="?", help="ask one question and exit; without it, chat on stdin")
     chat_parser.add_argument("--image", help="image path or URL for the first turn")
     chat_parser.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
-    chat_parser.add_argument("--max-new-tokens", type=int, default=256)
-    chat_parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    chat_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    chat_parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
+    )
+    chat_parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
+    )
+    chat_parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     chat_parser.set_defaults(run=chat)
 
     convert = commands.add_parser("convert", help="convert checkpoints to the transformers format")
@@ -162,7 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
     accessory = sources.add_parser("accessory", help="a LLaMA2-Accessory SPHINX checkpoint folder")
     accessory.add_argument("src", help="folder with consolidated.*.model.pth, config.json, meta.json, tokenizer.model")
     accessory.add_argument("dst", help="output folder (written atomically)")
-    accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the written weights")
     accessory.add_argument("--dinov2-num-heads", type=int, help="DINOv2 heads when its width is not a multiple of 64")
     accessory.add_argument(
         "--clip-activation",
@@ -187,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument(
         "--preset",
         required=True,
-        choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe"],
+        choices=PRESETS,
     )
     assemble.add_argument(
         "--llm", required=True, help="HF folder of TinyLlama / Llama-2 / Mixtral, or InternLM2 in its own format"
@@ -197,17 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant)")
     assemble.add_argument("dst", help="output folder (written atomically)")
-    assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the written weights")
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     assemble.set_defaults(run=convert_assemble_command)
-
-    from .training.recipe import add_train_arguments
 
     train = commands.add_parser("train", help="one-stage SFT from a recipe (TRL SFTTrainer)")
     add_train_arguments(train)
     train.set_defaults(run=train_command)
-
-    from .conversion.publish import CARDS
 
     publish = commands.add_parser("publish", help="upload a converted folder to the Hugging Face Hub in one commit")
     publish.add_argument("folder")
@@ -216,7 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--revision", help="branch to commit to (created when missing)")
     publish.add_argument("--dry-run", action="store_true", help="print the commit plan; no network call")
     publish.add_argument(
-        "--card", choices=CARDS, help="card template (default: the folder's README.md, else chosen from config.json)"
+        "--card",
+        help="card template, a name from model_cards/ such as sphinx-x-tiny (default: the folder's README.md, "
+        "else chosen from config.json)",
     )
     publish.set_defaults(run=publish_command)
     return parser

@@ -21,12 +21,12 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import sphinx_x.training
+from sphinx_x.cli import add_train_arguments
 from sphinx_x.cli import main as cli_main
 from sphinx_x.training.data import MIXTURE_KEYS, SOURCE_KEYS
 from sphinx_x.training.models import LLM_LINEAR_LAYERS, vision_encoders
 from sphinx_x.training.recipe import (
     RecipeError,
-    add_train_arguments,
     check_keys,
     load_recipe,
     overrides_from_arguments,
