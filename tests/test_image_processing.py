@@ -356,13 +356,13 @@ def test_exif_rotated_jpeg_is_upright(skipping, tmp_path, orientation, rotate_k)
 def test_placeholder_count_mismatch(tiny_model_and_processor):
     _, processor = tiny_model_and_processor
     image = PIL.Image.new("RGB", (300, 100), (10, 200, 30))
-    with pytest.raises(ValueError, match=r"Found total 2 <image> tokens and 1 images"):
+    with pytest.raises(ValueError, match=r"the text holds 2 `<image>` \(per prompt: \[2\]\) but 1 images were given"):
         processor(text="<image><image> Describe.", images=[image])
-    with pytest.raises(ValueError, match=r"Found total 1 <image> tokens and 2 images"):
+    with pytest.raises(ValueError, match=r"the text holds 1 `<image>` \(per prompt: \[1\]\) but 2 images were given"):
         processor(text="<image> Describe.", images=[image, image])
-    with pytest.raises(ValueError, match=r"Found 1 <image> tokens in the text but no images"):
+    with pytest.raises(ValueError, match=r"holds 1 `<image>` \(per prompt: \[1\]\) but 0 images.*your own text"):
         processor(text="<image> Describe.")
-    with pytest.raises(ValueError, match=r"Found total 0 <image> tokens and 1 images"):
+    with pytest.raises(ValueError, match=r"holds 0 `<image>` \(per prompt: \[0\]\) but 1 images were given"):
         processor(text="Describe.", images=[image])
 
 
