@@ -229,6 +229,7 @@ def assemble(
     *,
     dtype: torch.dtype = torch.bfloat16,
     overwrite: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Build an untrained SPHINX-X from its parts and write it, with its processor, as a transformers folder.
 
@@ -240,6 +241,7 @@ def assemble(
         dinov2: HF Dinov2Model folder.
         dst: output folder, written atomically; an existing one is replaced only with `overwrite`.
         dtype: dtype of the written weights.
+        verify: reload the result and run a forward pass and a short generation before renaming it into place.
 
     Returns:
         `dst`.
@@ -299,7 +301,7 @@ def assemble(
     image_processor = SphinxXImageProcessor.from_model_config(config)
     processor = SphinxXProcessor(image_processor=image_processor, tokenizer=tokenizer)
     model.generation_config = generation_config(tokenizer)
-    return write_model_folder(model, processor, dst, overwrite=overwrite)
+    return write_model_folder(model, processor, dst, overwrite=overwrite, verify=verify)
 
 
 __all__ = ["assemble", "load_convnext_trunk", "load_dinov2", "load_llm", "load_tokenizer"]

@@ -168,6 +168,7 @@ def convert_assemble_command(args) -> None:
         args.dst,
         dtype=torch_dtype(args.dtype),
         overwrite=args.overwrite,
+        verify=args.verify,
     )
     print(f"Wrote {dst}")
 
@@ -275,6 +276,11 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant)")
     assemble.add_argument("dst", help="output folder (written atomically)")
     assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the written weights")
+    assemble.add_argument(
+        "--verify",
+        action="store_true",
+        help="reload the result and run a forward pass and a short generate before finishing",
+    )
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     assemble.set_defaults(run=convert_assemble_command)
 
