@@ -194,7 +194,7 @@ def test_full_fine_tuning_end_to_end(tmp_path):
     result = train_from_recipe(recipe)
 
     assert result.skipped == {"malformed": 3, "no_assistant_turn": 3, "missing_image": 3, "corrupt_image": 3,
-                              "too_long": 3}  # one of each, every pass
+                              "too_long": 3, "failed": 0}  # one of each, every pass
     assert result.train_output.metrics["skipped_too_long"] == 3
     assert json.loads((tmp_path / "out" / "train_results.json").read_text())["skipped_corrupt_image"] == 3
     curve = losses(result.trainer)
