@@ -10,8 +10,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import torch
-
 
 class ConversionError(ValueError):
     """A checkpoint or an argument that cannot be converted; the message names the problem and the fix."""
@@ -38,10 +36,10 @@ def read_json(path: Path, when_missing: str) -> dict:
 OWNER_FILE = ".sphinx-x-writer"
 
 
-def check_finite(name: str, tensor: torch.Tensor, source) -> None:
-    """A NaN or infinite weight -> `ConversionError` naming the tensor and where it came from."""
-    if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-        bad = int((~torch.isfinite(tensor)).sum())
+def check_finite(name: str, tensor, source) -> None:
+    """A NaN or infinite weight (a torch tensor) -> `ConversionError` naming the tensor and where it came from."""
+    if tensor.is_floating_point() and not tensor.isfinite().all():
+        bad = int((~tensor.isfinite()).sum())
         raise ConversionError(
             f"{name} holds {bad} NaN or infinite values (from {source}): the source weights are corrupt. "
             "Re-download or re-export them; nothing was written."

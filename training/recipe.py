@@ -64,7 +64,10 @@ RecipeLoader.add_implicit_resolver(
 
 def load_yaml(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as handle:
-        content = yaml.load(handle, Loader=RecipeLoader)
+        try:
+            content = yaml.load(handle, Loader=RecipeLoader)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(content, dict):
         raise RecipeError(f"{path} must hold a YAML mapping, got {type(content).__name__}.")
     return content
