@@ -352,7 +352,13 @@ def reference_tokenizer(folder: Path) -> LlamaTokenizer:
 def build_tokenizer(src: Path) -> LlamaTokenizer:
     if not (Path(src) / "tokenizer.model").is_file():
         raise ConversionError(f"tokenizer.model is missing from {src}.")
-    return reference_tokenizer(src)
+    try:
+        return reference_tokenizer(src)
+    except Exception as error:  # a corrupt file: transformers then tries other formats and names those ("tiktoken")
+        raise ConversionError(
+            f"{Path(src) / 'tokenizer.model'} is not a readable SentencePiece model ({type(error).__name__}); use the "
+            "tokenizer.model that came with the checkpoint."
+        ) from None
 
 
 def stop_token_sequences(tokenizer) -> list[list[int]]:

@@ -307,9 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # what the user can fix; anything else is a bug and keeps its traceback
         print(f"sphinx-x: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM inside a writer: whatever was being written is already removed
+        print("sphinx-x: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

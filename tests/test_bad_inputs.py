@@ -526,6 +526,44 @@ def test_assemble_verify(parts, tmp_path, capsys):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out"]
 
 
+def test_corrupt_tokenizer_model(fixture_dir, tmp_path):
+    from sphinx_x.conversion.accessory import convert_accessory
+
+    src = accessory_source(fixture_dir, tmp_path)
+    (src / "tokenizer.model").write_bytes(b"\x00garbage" * 50)
+    with pytest.raises(ConversionError) as caught:
+        convert_accessory(src, tmp_path / "out", dinov2_num_heads=4)
+    assert f"{src / 'tokenizer.model'} is not a readable SentencePiece model" in str(caught.value)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
+
+
+def test_config_of_another_model_type_is_refused(tmp_path):
+    from transformers import LlamaConfig
+
+    from sphinx_x import SphinxXForConditionalGeneration
+
+    LlamaConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ValueError, match="This config.json is for model_type 'llama', not 'sphinx_x'"):
+        SphinxXForConditionalGeneration.from_pretrained(tmp_path)
+
+
+def test_publish_to_a_silent_hub_times_out(converted_dir, silent_server, monkeypatch):
+    import functools
+
+    from sphinx_x.conversion import publish
+
+    endpoint = silent_server.rsplit("/", 1)[0]
+    monkeypatch.setattr(publish, "HfApi", functools.partial(publish.HfApi, endpoint=endpoint))
+    monkeypatch.setattr(publish, "HUB_TIMEOUT", 0.5)
+    start = time.monotonic()
+    with pytest.raises(ValueError) as caught:
+        publish.publish(converted_dir, "org/model", card="sphinx-tiny-1k", token="hf_not_a_real_token")
+    assert f"could not reach the Hub at {endpoint} (ReadTimeout: timed out)" in str(caught.value)
+    assert time.monotonic() - start < 30
+
+
 # 8. Training: bad records are skipped and counted, resumption takes only complete checkpoints.
 
 
