@@ -65,6 +65,10 @@ OPEN_CLIP_TRUNK = "visual.trunk."
 TRUNK_PARTS = ("stem.", "stages.", "head.norm.")
 
 
+# Which part a model key comes from, for error messages.
+PART_OF_KEY = {"language_model": "LLM", "lm_head": "LLM", "convnext": "ConvNeXt", "dinov2": "DINOv2"}
+
+
 def weight_files(folder: Path, what: str) -> list[Path]:
     """The weight files of an HF-format folder: safetensors (single or sharded) when present, else PyTorch `.bin`."""
     for index_name, single_name in HF_WEIGHTS:
@@ -287,10 +291,18 @@ def assemble(
         # transformers places the tensors (converting file layouts to its own) and initialises the new parameters; its
         # load report lists those as MISSING, as expected.
         model, info = SphinxXForConditionalGeneration.from_pretrained(
-            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
-    except RuntimeError as error:  # shape mismatches: a part's config.json disagrees with its tensors
+    except RuntimeError as error:
         raise ConversionError(f"The parts do not fit together: {error}") from None
+    if info["mismatched_keys"]:  # a part's config.json disagrees with its own tensors
+        key, stored, expected = sorted(info["mismatched_keys"])[0]
+        part = next((name for prefix, name in PART_OF_KEY.items() if prefix in key), "a part")
+        raise ConversionError(
+            f"The {part} does not fit its config.json: {key} is {list(stored)} in the weights but the config asks for "
+            f"{list(expected)} ({len(info['mismatched_keys'])} mismatched tensor(s)). Use the config.json that came "
+            "with those weights."
+        )
     missing = set(info["missing_keys"]) - NEW_PARAMETERS
     if missing or info["unexpected_keys"]:
         raise ConversionError(

@@ -520,6 +520,21 @@ def test_assemble_refuses_nan_weights(parts, tmp_path, capsys):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["llm"]
 
 
+def test_assemble_names_the_part_that_does_not_fit(parts, tmp_path, capsys):
+    import shutil
+
+    folder, _ = parts
+    llm = tmp_path / "llm"
+    shutil.copytree(folder / "llm", llm)
+    config = json.loads((llm / "config.json").read_text())
+    (llm / "config.json").write_text(json.dumps({**config, "intermediate_size": config["intermediate_size"] + 8}))
+    argv = assemble_argv(parts, tmp_path / "out")
+    argv[argv.index("--llm") + 1] = str(llm)
+    message = cli_error(argv, capsys)
+    assert "The LLM does not fit its config.json: model.language_model.layers.0.mlp.down_proj.weight is" in message
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["llm"]
+
+
 def test_assemble_verify(parts, tmp_path, capsys):
     assert main(assemble_argv(parts, tmp_path / "out", "--verify")) == 0
     assert (tmp_path / "out" / "config.json").is_file()
