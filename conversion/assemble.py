@@ -211,7 +211,10 @@ def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, t
     if model_type != "dinov2":
         raise ConversionError(f"{folder} holds model_type {model_type!r}, not an HF Dinov2Model (dinov2).")
     weight_files(folder, "DINOv2")
-    model, info = Dinov2Model.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    try:
+        model, info = Dinov2Model.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    except SafetensorError as error:
+        raise ConversionError(f"Cannot read the DINOv2 weights in {folder}: {error}") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])[:8]
         raise ConversionError(f"The DINOv2 checkpoint in {folder} lacks tensors for: {missing}")

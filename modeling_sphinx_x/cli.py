@@ -109,11 +109,16 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
 def chat(args) -> None:
     model_path = model_location(args.model)
     device = resolve_device(args.device)
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
 
-    model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(args.dtype)).to(device).eval()
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(args.dtype))
+    except SafetensorError as error:
+        raise ValueError(f"--model {model_path}: a weight file cannot be read ({error}); convert it again.") from None
+    model = model.to(device).eval()
     processor = AutoProcessor.from_pretrained(model_path)
     content = [{"type": "image", "image": args.image}] if args.image else []
     messages = []

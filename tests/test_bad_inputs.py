@@ -535,6 +535,31 @@ def test_assemble_names_the_part_that_does_not_fit(parts, tmp_path, capsys):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["llm"]
 
 
+def test_assemble_names_truncated_dinov2_weights(parts, tmp_path, capsys):
+    import shutil
+
+    folder, _ = parts
+    dinov2 = tmp_path / "dinov2"
+    shutil.copytree(folder / "dinov2", dinov2)
+    weights = dinov2 / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    argv = assemble_argv(parts, tmp_path / "out")
+    argv[argv.index("--dinov2") + 1] = str(dinov2)
+    assert f"Cannot read the DINOv2 weights in {dinov2}:" in cli_error(argv, capsys)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["dinov2"]
+
+
+def test_chat_names_a_truncated_weight_file(converted_dir, tmp_path, capsys):
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(converted_dir, model)
+    weights = model / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:4096])
+    message = cli_error(["chat", "--model", str(model), "--device", "cpu", "hi"], capsys)
+    assert f"--model {model}: a weight file cannot be read (" in message
+
+
 def test_assemble_verify(parts, tmp_path, capsys):
     assert main(assemble_argv(parts, tmp_path / "out", "--verify")) == 0
     assert (tmp_path / "out" / "config.json").is_file()
