@@ -425,6 +425,30 @@ def test_kill_during_the_overwrite_swap_restores_the_old_folder(tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["converted"]
 
 
+FULL_DISK_WRITER = """
+import importlib.util, resource, signal, sys
+from pathlib import Path
+spec = importlib.util.spec_from_file_location("common", sys.argv[2])
+common = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(common)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit then fail with EFBIG, as on a full disk
+resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))
+try:
+    with common.atomic_output_folder(Path(sys.argv[1])) as tmp:
+        (tmp / "model.safetensors").write_bytes(bytes(1 << 20))
+except OSError as error:
+    sys.exit(f"sphinx-x: error: {error}")
+"""
+
+
+def test_full_disk_leaves_nothing(tmp_path):
+    """A write that fails for lack of space (staged with a file size limit) removes the partial folder."""
+    done = subprocess.run([sys.executable, "-c", FULL_DISK_WRITER, str(tmp_path / "converted"),
+                           str(REPO / "conversion" / "common.py")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and done.stderr.strip() == "sphinx-x: error: [Errno 27] File too large"
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_overwrite_onto_a_mount_point_is_refused(tmp_path, monkeypatch):
     dst = tmp_path / "mounted"
     dst.mkdir()
