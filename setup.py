@@ -10,6 +10,7 @@ FOLDERS = {
     "sphinx_x.model_cards": "model_cards",
     "sphinx_x.apps": "apps",
     "sphinx_x.evaluation": "evaluation",
+    "sphinx_x_cli": "cli",
 }
 
 setup(
@@ -57,7 +58,7 @@ setup(
         "test": ["pytest>=8", "onnxruntime", "playwright>=1.40", "gradio>=6,<7", "parameterized"],
     },
     entry_points={
-        "console_scripts": ["sphinx-x = sphinx_x.cli:main"],
+        "console_scripts": ["sphinx-x = sphinx_x_cli:main"],
         # `lmms-eval --model sphinx_x` (lmms-eval's plugin registry reads this group)
         "lmms_eval.models": ["sphinx_x = sphinx_x.evaluation.lmms_eval_model:manifest"],
     },

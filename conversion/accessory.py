@@ -112,6 +112,13 @@ def text_config(args: dict, shapes: Mapping, *, moe: bool) -> PreTrainedConfig:
     for field in ("dim", "n_layers", "n_heads"):
         if field not in args:
             raise ConversionError(f"config.json has no {field!r}; use the config.json that came with the shards.")
+    for field in ("dim", "n_layers", "n_heads", "n_kv_heads"):
+        value = args.get(field)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ConversionError(
+                f"config.json has {field}={value!r}, not a positive whole number; use the config.json that came with "
+                "the shards."
+            )
 
     def disagree(field, value, evidence):
         return ConversionError(
@@ -347,7 +354,13 @@ def reference_tokenizer(folder: Path) -> LlamaTokenizer:
 def build_tokenizer(src: Path) -> LlamaTokenizer:
     if not (Path(src) / "tokenizer.model").is_file():
         raise ConversionError(f"tokenizer.model is missing from {src}.")
-    return reference_tokenizer(src)
+    try:
+        return reference_tokenizer(src)
+    except Exception as error:  # a corrupt file: transformers then tries other formats and names those ("tiktoken")
+        raise ConversionError(
+            f"{Path(src) / 'tokenizer.model'} is not a readable SentencePiece model ({type(error).__name__}); use the "
+            "tokenizer.model that came with the checkpoint."
+        ) from None
 
 
 def stop_token_sequences(tokenizer) -> list[list[int]]:
@@ -455,6 +468,16 @@ def convert_accessory(
         `dst`.
     """
     src, dst = Path(src), Path(dst)
+    heads = {
+        "dinov2_num_heads": dinov2_num_heads,
+        "clip_num_heads": clip_num_heads,
+        "qformer_num_heads": qformer_num_heads,
+        "qformer_vision_num_heads": qformer_vision_num_heads,
+    }
+    for name, value in heads.items():
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            flag = "--" + name.replace("_", "-")
+            raise ConversionError(f"{flag} must be a positive number of attention heads, got {value!r}.")
     if isinstance(dtype, str):
         if dtype not in DTYPES:
             raise ConversionError(f"dtype must be one of {list(DTYPES)}, not {dtype!r}.")

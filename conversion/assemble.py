@@ -82,6 +82,10 @@ OPEN_CLIP_TRUNK = "visual.trunk."
 TRUNK_PARTS = ("stem.", "stages.", "head.norm.")
 
 
+# Which part a model key comes from, for error messages.
+PART_OF_KEY = {"language_model": "LLM", "lm_head": "LLM", "convnext": "ConvNeXt", "dinov2": "DINOv2"}
+
+
 def weight_files(folder: Path, what: str) -> list[Path]:
     """The weight files of an HF-format folder: safetensors (single or sharded) when present, else PyTorch `.bin`."""
     for index_name, single_name in HF_WEIGHTS:
@@ -276,7 +280,10 @@ def load_dinov2(folder: Path, view_size: int) -> tuple[Dinov2Config, dict[str, t
     if model_type != "dinov2":
         raise ConversionError(f"{folder} holds model_type {model_type!r}, not an HF Dinov2Model (dinov2).")
     weight_files(folder, "DINOv2")
-    model, info = Dinov2Model.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    try:
+        model, info = Dinov2Model.from_pretrained(folder, dtype=torch.float32, output_loading_info=True)
+    except SafetensorError as error:
+        raise ConversionError(f"Cannot read the DINOv2 weights in {folder}: {error}") from None
     if info["missing_keys"]:
         missing = sorted(info["missing_keys"])[:8]
         raise ConversionError(f"The DINOv2 checkpoint in {folder} lacks tensors for: {missing}")
@@ -298,6 +305,7 @@ def assemble(
     *,
     dtype: torch.dtype = torch.bfloat16,
     overwrite: bool = False,
+    verify: bool = False,
 ) -> Path:
     """Build an untrained SPHINX-X from its parts and write it, with its processor, as a transformers folder.
 
@@ -311,6 +319,7 @@ def assemble(
         dinov2: HF Dinov2Model folder.
         dst: output folder, written atomically; an existing one is replaced only with `overwrite`.
         dtype: dtype of the written weights.
+        verify: reload the result and run a forward pass and a short generation before renaming it into place.
 
     Returns:
         `dst`.
@@ -365,10 +374,18 @@ def assemble(
         # transformers places the tensors (converting file layouts to its own) and initialises the new parameters; its
         # load report lists those as MISSING, as expected.
         model, info = SphinxXForConditionalGeneration.from_pretrained(
-            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True
+            None, config=config, state_dict=weights, dtype=dtype, output_loading_info=True, ignore_mismatched_sizes=True
         )
-    except RuntimeError as error:  # shape mismatches: a part's config.json disagrees with its tensors
+    except RuntimeError as error:
         raise ConversionError(f"The parts do not fit together: {error}") from None
+    if info["mismatched_keys"]:  # a part's config.json disagrees with its own tensors
+        key, stored, expected = sorted(info["mismatched_keys"])[0]
+        part = next((name for prefix, name in PART_OF_KEY.items() if prefix in key), "a part")
+        raise ConversionError(
+            f"The {part} does not fit its config.json: {key} is {list(stored)} in the weights but the config asks for "
+            f"{list(expected)} ({len(info['mismatched_keys'])} mismatched tensor(s)). Use the config.json that came "
+            "with those weights."
+        )
     fresh = NEW_PARAMETERS | {key for key in info["missing_keys"] if not trunk and key.startswith(CONVNEXT_PREFIX)}
     missing = set(info["missing_keys"]) - fresh
     if missing or info["unexpected_keys"]:
@@ -383,7 +400,7 @@ def assemble(
         image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML_TEMPLATE if chatml else None
     )
     model.generation_config = generation_config(tokenizer, stop_at_terminator=not chatml)
-    return write_model_folder(model, processor, dst, overwrite=overwrite)
+    return write_model_folder(model, processor, dst, overwrite=overwrite, verify=verify)
 
 
 __all__ = ["assemble", "load_convnext_trunk", "load_dinov2", "load_llm", "load_tokenizer"]

@@ -12,12 +12,16 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
 
-from huggingface_hub import CommitOperationAdd, HfApi
+from huggingface_hub import CommitOperationAdd, HfApi, get_session
+from huggingface_hub.errors import HfHubHTTPError
 from huggingface_hub.utils import validate_repo_id
 from transformers.dynamic_module_utils import get_relative_imports
 
 
 PACKAGE_VERSION = version("sphinx-x")
+
+# Seconds the Hub may stay silent (connecting, or between two bytes of an answer) before an upload fails.
+HUB_TIMEOUT = 60.0
 
 # Sibling of the package's `conversion/` folder, both in a source checkout and in an installed `sphinx_x`.
 MODEL_CARDS = Path(__file__).resolve().parent.parent / "model_cards"
@@ -309,9 +313,22 @@ def publish(
                                      str(planned.source) if planned.source is not None else planned.content)
                   for planned in plan]
     api = HfApi(token=token)
-    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    if revision is not None:
-        api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
-    commit = api.create_commit(repo_id, operations, repo_type="model", revision=revision, commit_message=message)
+    get_session().timeout = HUB_TIMEOUT  # huggingface_hub waits forever by default: a silent Hub would hang here
+    try:
+        api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+        if revision is not None:
+            api.create_branch(repo_id, repo_type="model", branch=revision, exist_ok=True)
+        commit = api.create_commit(
+            repo_id, operations, repo_type="model", revision=revision, commit_message=message
+        )
+    except HfHubHTTPError as error:
+        raise ValueError(f"the Hub at {api.endpoint} refused the upload to {repo_id}: {error}") from None
+    except Exception as error:
+        if not type(error).__module__.startswith("httpx"):  # the HTTP client of huggingface_hub: network failures
+            raise
+        raise ValueError(
+            f"could not reach the Hub at {api.endpoint} ({type(error).__name__}: {error}); check the network "
+            f"(a Hub silent for {HUB_TIMEOUT:g} s is given up)."
+        ) from None
     print(f"Uploaded: {commit.commit_url}")
     return commit

@@ -14,6 +14,8 @@ import torch
 from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 from transformers.utils.hub import convert_file_size_to_int
 
+from .common import check_finite
+
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16"}
 
@@ -66,6 +68,7 @@ def write_safetensors_file(path: Path, planned: dict[str, torch.Tensor], tensors
                     f"Expected {key} {tuple(spec.shape)} {spec.dtype}, got {produced_key} {tuple(tensor.shape)} "
                     f"{tensor.dtype}: the tensors do not follow their plan."
                 )
+            check_finite(key, tensor, "the source checkpoint")
             file.write(tensor.contiguous().reshape(-1).view(torch.uint8).numpy())
             del tensor  # free it (or unmap its source pages) before the next one is produced
 

@@ -1,12 +1,50 @@
-"""The `sphinx-x` command line: chat with a model, convert and publish checkpoints, train."""
+"""The `sphinx-x` command line: chat with a model, convert and publish checkpoints, train.
+
+Nothing heavy is imported at the top of this file (the console script loads it without the package, see
+`sphinx_x_cli`): each command imports torch, transformers and the package itself when it runs.
+"""
 
 import argparse
 import sys
+from pathlib import Path
 
-import torch
+
+DTYPES = ("float32", "bfloat16", "float16")
+PRESETS = ("sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe", "sphinx-x-demo")
 
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+def torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def resolve_device(device: str | None) -> str:
+    """`--device`: the first GPU when there is one and none is asked for; a GPU asked for must exist."""
+    import torch
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no usable CUDA GPU; use --device cpu.")
+    return device
+
+
+def model_location(model: str | None) -> str | Path:
+    """`--model`: a local folder, or a Hub id; a path that names no folder is refused as such. Without one, the
+    embedded demo model (built once from its wheels, see `sphinx_x.demo`)."""
+    if model is None:
+        from .demo import demo_model_path
+
+        return demo_model_path()
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ValueError(f"--model {model}: is a file; pass the folder that holds config.json.")
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model:  # a path, not ORG/NAME
+        raise ValueError(f"--model {model}: no such folder. Pass a converted model folder or a Hub id (ORG/NAME).")
+    return model
 
 
 class StopStringFilter:
@@ -50,16 +88,21 @@ def answer(model, processor, messages, max_new_tokens: int) -> str:
     return processor.strip_stop_string(printer.text).strip()
 
 
-def load_model(model: str | None, dtype: str = "float32", device: str = "cpu"):
+def load_model(model: str | None, dtype: str = "float32", device: str | None = None):
     """`(model, processor)` of a folder or Hub id, or of the embedded demo model when `model` is None (what
     `sphinx-x chat`, `ground`, `demo` and `eval` use without `--model`)."""
+    model_path = model_location(model)
+    device = resolve_device(device)
+    from safetensors import SafetensorError
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from .demo import demo_model_path
+    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
 
-    model_path = model or demo_model_path()
-    loaded = AutoModelForImageTextToText.from_pretrained(model_path, dtype=DTYPES[dtype]).to(device).eval()
-    return loaded, AutoProcessor.from_pretrained(model_path)
+    try:
+        loaded = AutoModelForImageTextToText.from_pretrained(model_path, dtype=torch_dtype(dtype))
+    except SafetensorError as error:
+        raise ValueError(f"--model {model_path}: a weight file cannot be read ({error}); convert it again.") from None
+    return loaded.to(device).eval(), AutoProcessor.from_pretrained(model_path)
 
 
 def chat(args) -> None:
@@ -73,10 +116,12 @@ def chat(args) -> None:
                 return
             question = questions.pop()
         else:
-            try:
-                question = input("you> ").strip()
-            except EOFError:
+            if sys.stdin.isatty():  # the prompt goes to the terminal, never into the answers on stdout
+                print("you> ", end="", file=sys.stderr, flush=True)
+            line = sys.stdin.readline()
+            if not line:
                 return
+            question = line.strip()
             if not question:
                 continue
         messages.append({"role": "user", "content": content + [{"type": "text", "text": question}]})
@@ -110,7 +155,7 @@ def convert_accessory_command(args) -> None:
     dst = convert_accessory(
         args.src,
         args.dst,
-        dtype=DTYPES[args.dtype],
+        dtype=torch_dtype(args.dtype),
         dinov2_num_heads=args.dinov2_num_heads,
         clip_activation=args.clip_activation,
         clip_num_heads=args.clip_num_heads,
@@ -127,7 +172,14 @@ def convert_assemble_command(args) -> None:
     from .conversion.assemble import assemble
 
     dst = assemble(
-        args.preset, args.llm, args.convnext, args.dinov2, args.dst, dtype=DTYPES[args.dtype], overwrite=args.overwrite
+        args.preset,
+        args.llm,
+        args.convnext,
+        args.dinov2,
+        args.dst,
+        dtype=torch_dtype(args.dtype),
+        overwrite=args.overwrite,
+        verify=args.verify,
     )
     print(f"Wrote {dst}")
 
@@ -158,6 +210,34 @@ def eval_command(args) -> None:
     run_eval(args)
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def add_train_arguments(parser) -> None:
+    """The arguments of `sphinx-x train`."""
+    parser.add_argument("recipe", help="recipe YAML (see training/recipes/)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set sft.max_steps=100 --set peft.r=8 (repeatable; VALUE is YAML)",
+    )
+    parser.add_argument("--output-dir", help="shortcut for --set sft.output_dir=DIR")
+    parser.add_argument(
+        "--resume-from-checkpoint",
+        nargs="?",
+        const=True,
+        metavar="CHECKPOINT",
+        help="resume from CHECKPOINT, or from the last complete checkpoint in the output folder when none is given",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -166,9 +246,13 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument("question", nargs="?", help="ask one question and exit; without it, chat on stdin")
     chat_parser.add_argument("--image", help="image path or URL for the first turn")
     chat_parser.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
-    chat_parser.add_argument("--max-new-tokens", type=int, default=256)
-    chat_parser.add_argument("--dtype", choices=DTYPES, default="float32")
-    chat_parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    chat_parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
+    )
+    chat_parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
+    )
+    chat_parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     chat_parser.set_defaults(run=chat)
 
     ground = commands.add_parser("ground", help="ask for boxes, draw them (and SAM masks) on the image, write JSON")
@@ -178,9 +262,13 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("--sam", help="SAM checkpoint id or folder for one mask per box, e.g. facebook/sam-vit-base")
     ground.add_argument("--out", help="annotated image to write (PNG, JPEG, ...)")
     ground.add_argument("--json", help="JSON file for the phrases, pixel boxes, points, mask scores and mask RLEs")
-    ground.add_argument("--max-new-tokens", type=int, default=256)
-    ground.add_argument("--dtype", choices=DTYPES, default="float32")
-    ground.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ground.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
+    )
+    ground.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
+    )
+    ground.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     ground.set_defaults(run=ground_command)
 
     demo = commands.add_parser("demo", help="Gradio web demo: chat about an image, boxes and masks drawn beside it")
@@ -188,9 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sam", help="SAM checkpoint id or folder, to add a mask per box")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
-    demo.add_argument("--max-new-tokens", type=int, default=256)
-    demo.add_argument("--dtype", choices=DTYPES, default="float32")
-    demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    demo.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
+    )
+    demo.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
+    )
+    demo.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
     demo.set_defaults(run=demo_command)
 
     convert = commands.add_parser("convert", help="convert checkpoints to the transformers format")
@@ -198,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     accessory = sources.add_parser("accessory", help="a LLaMA2-Accessory SPHINX checkpoint folder")
     accessory.add_argument("src", help="folder with consolidated.*.model.pth, config.json, meta.json, tokenizer.model")
     accessory.add_argument("dst", help="output folder (written atomically)")
-    accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    accessory.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the written weights")
     accessory.add_argument("--dinov2-num-heads", type=int, help="DINOv2 heads when its width is not a multiple of 64")
     accessory.add_argument(
         "--clip-activation",
@@ -223,7 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     assemble.add_argument(
         "--preset",
         required=True,
-        choices=["sphinx-x-tiny", "sphinx-x-internlm2-7b", "sphinx-x-llama2-13b", "sphinx-x-moe", "sphinx-x-demo"],
+        choices=PRESETS,
     )
     assemble.add_argument(
         "--llm",
@@ -236,11 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     assemble.add_argument("--dinov2", required=True, help="HF Dinov2Model folder (facebook/dinov2-giant, or any size)")
     assemble.add_argument("dst", help="output folder (written atomically)")
-    assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16")
+    assemble.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="dtype of the written weights")
+    assemble.add_argument(
+        "--verify",
+        action="store_true",
+        help="reload the result and run a forward pass and a short generate before finishing",
+    )
     assemble.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     assemble.set_defaults(run=convert_assemble_command)
-
-    from .training.recipe import add_train_arguments
 
     train = commands.add_parser("train", help="one-stage SFT from a recipe (TRL SFTTrainer)")
     add_train_arguments(train)
@@ -249,16 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("eval", help="score a model on benchmarks (MMBench, MME, POPE, VQA, RefCOCO, ...)")
     evaluate.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
     evaluate.add_argument("--task", required=True, help="comma-separated tasks or groups, e.g. mme,pope or demo")
-    evaluate.add_argument("--limit", type=int, help="the first N rows of each task only")
-    evaluate.add_argument("--batch-size", type=int, default=8, help="questions per generate call")
+    evaluate.add_argument("--limit", type=positive_int, help="the first N rows of each task only")
+    evaluate.add_argument("--batch-size", type=positive_int, default=8, help="questions per generate call")
     evaluate.add_argument("--output", default="sphinx-x-eval/results.json",
                           help="results JSON; predictions go to <stem>-predictions/ beside it (reruns resume)")
     evaluate.add_argument("--data", nargs="+", help="local files in the task's Hub schema instead of the Hub dataset")
-    evaluate.add_argument("--dtype", choices=DTYPES, default="float32")
-    evaluate.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    evaluate.add_argument("--dtype", choices=DTYPES, default="float32", help="weight dtype (default: float32)")
+    evaluate.add_argument("--device", help="torch device, e.g. cpu, cuda (default: cuda when available)")
     evaluate.set_defaults(run=eval_command)
-
-    from .conversion.publish import CARDS
 
     publish = commands.add_parser("publish", help="upload a converted folder to the Hugging Face Hub in one commit")
     publish.add_argument("folder")
@@ -267,7 +360,9 @@ def build_parser() -> argparse.ArgumentParser:
     publish.add_argument("--revision", help="branch to commit to (created when missing)")
     publish.add_argument("--dry-run", action="store_true", help="print the commit plan; no network call")
     publish.add_argument(
-        "--card", choices=CARDS, help="card template (default: the folder's README.md, else chosen from config.json)"
+        "--card",
+        help="card template, a name from model_cards/ such as sphinx-x-tiny (default: the folder's README.md, "
+        "else chosen from config.json)",
     )
     publish.set_defaults(run=publish_command)
     return parser
@@ -277,9 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError) as error:  # what the user can fix; anything else is a bug and keeps its traceback
         print(f"sphinx-x: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM inside a writer: whatever was being written is already removed
+        print("sphinx-x: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -86,6 +86,16 @@ class SphinxXConfig(PreTrainedConfig):
     projector_layer_norm_eps: float = 1e-5
     tie_word_embeddings: bool = False
 
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        model_type = config_dict.get("model_type")
+        if model_type not in (None, cls.model_type):
+            raise ValueError(
+                f"This config.json is for model_type {model_type!r}, not {cls.model_type!r}: the folder holds another "
+                "kind of model. Load it with its own class, or build a SPHINX-X from it with `sphinx-x convert`."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
     def __post_init__(self, **kwargs):
         if not any((self.convnext_config, self.dinov2_config, self.clip_config, self.qformer_config)):
             self.convnext_config, self.dinov2_config = dict(CONVNEXT_XXLARGE), dict(DINOV2_GIANT)

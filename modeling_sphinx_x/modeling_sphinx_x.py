@@ -78,6 +78,45 @@ def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size
     return torch.cat([global_view, tiles], dim=1)[view_mask]
 
 
+def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=None, image_tile_mask=None) -> None:
+    """Refuse inputs the model would misread, with the shape or value at fault: `pixel_values` `[B, 3, H, W]` finite
+    floats at the canvas size, `image_tile_mask` `[B, num_tiles]`, `input_ids` within the vocabulary (or the image
+    placeholder id) and no longer than the LLM's context."""
+    if pixel_values is not None:
+        height, width = config.canvas_size
+        if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, height, width):
+            raise ValueError(
+                f"`pixel_values` must be [batch, 3, {height}, {width}] (this model's canvas), got "
+                f"{list(pixel_values.shape)}. Build them with the model's SphinxXImageProcessor."
+            )
+        if not pixel_values.is_floating_point():
+            raise ValueError(f"`pixel_values` must be floats (normalised canvases), got {pixel_values.dtype}.")
+        if not torch.isfinite(pixel_values).all():
+            raise ValueError("`pixel_values` hold NaN or infinite values; check the images and their preprocessing.")
+        if image_tile_mask is not None:
+            expected = (pixel_values.shape[0], config.num_tiles)
+            if tuple(image_tile_mask.shape) != expected:
+                raise ValueError(
+                    f"`image_tile_mask` must be [batch, num_tiles] = {list(expected)} for these `pixel_values`, got "
+                    f"{list(image_tile_mask.shape)}. Pass the mask the image processor returned with them."
+                )
+    if input_ids is not None and input_ids.numel():
+        context = getattr(config.text_config, "max_position_embeddings", None)
+        if context is not None and input_ids.shape[-1] > context:
+            raise ValueError(
+                f"The prompt is {input_ids.shape[-1]} tokens long, over this model's context of {context} tokens "
+                "(images count too: each takes its image positions). Shorten the text, use fewer images, or truncate "
+                "it yourself (e.g. `processor(..., truncation=True, max_length=...)` on text-only prompts)."
+            )
+        outside = ((input_ids < 0) | (input_ids >= vocab_size)) & (input_ids != config.image_token_id)
+        if outside.any():
+            bad = input_ids[outside][0].item()
+            raise ValueError(
+                f"`input_ids` hold id {bad}, outside the vocabulary (0..{vocab_size - 1}, and the image placeholder "
+                f"{config.image_token_id}). Tokenize with the model's own tokenizer."
+            )
+
+
 class SphinxXConvNextEncoder(nn.Module):
     """OpenCLIP ConvNeXt trunk (timm layout) on HF `ConvNextModel`: last stage + per-position head norm + mean token."""
 
@@ -319,6 +358,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             Q-Former's vision tower; ConvNeXt records none), one tuple, encoders in the order Q-Former, CLIP, DINOv2.
         """
         config = self.config
+        check_model_inputs(config, 0, pixel_values=pixel_values, image_tile_mask=image_tile_mask)
         # As the reference, the whole vision path runs in the model's dtype (bf16 canvases, fp16 resamplings).
         pixel_values = pixel_values.to(self.visual_projector.linear.weight.dtype)
         batch = pixel_values.shape[0]
@@ -429,6 +469,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("Pass exactly one of `input_ids` or `inputs_embeds`.")
+        check_model_inputs(self.config, self.get_input_embeddings().num_embeddings, input_ids=input_ids)
         if pixel_values is not None and mm_encoder_outputs is not None and mm_encoder_outputs.get("image") is not None:
             raise ValueError("Pass either `pixel_values` or pre-computed `mm_encoder_outputs`, not both.")
         mm_encoder_outputs = dict(mm_encoder_outputs or {})

@@ -121,7 +121,7 @@ class SphinxXProcessor(ProcessorMixin):
         fillers = "|".join(re.escape(token) for token in {tokenizer.pad_token, tokenizer.eos_token} if token)
         self._trailing_stop = re.compile(re.escape(STOP_STRING) + rf"(?:\s|{fillers})*$")
 
-    def __call__(self, images=None, text=None, **kwargs):
+    def __call__(self, images=None, text=None, videos=None, audio=None, **kwargs):
         """`ProcessorMixin.__call__`, one image per text: a text without `<image>` given one image gets it in front (the
         reference's layout, right after BOS), as in `pipe(images=image, text="...")`; more are refused."""
         if text is not None and images is not None:
@@ -137,7 +137,8 @@ class SphinxXProcessor(ProcessorMixin):
             if sum(counts) == 0 and len(flat_images) == len(texts):
                 texts = [self.image_token + piece for piece in texts]
                 text = texts[0] if isinstance(text, str) else texts
-        return super().__call__(images=images, text=text, **kwargs)
+        self.check_images_per_prompt(images, text)
+        return super().__call__(images=images, text=text, videos=videos, audio=audio, **kwargs)
 
     def save_pretrained(self, save_directory, **kwargs):
         """`ProcessorMixin.save_pretrained`, without leaving the saved files' `auto_map` on this processor and its image
@@ -147,6 +148,45 @@ class SphinxXProcessor(ProcessorMixin):
         for component in (self, self.image_processor):
             component.__dict__.pop("auto_map", None)
         return saved
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        conversations = conversation if conversation and isinstance(conversation[0], (list, tuple)) else [conversation]
+        if not conversation or any(not messages for messages in conversations):
+            raise ValueError("The conversation is empty: pass at least one message, e.g. [{'role': 'user', ...}].")
+        return super().apply_chat_template(conversation, *args, **kwargs)
+
+    def check_images_per_prompt(self, images, text) -> None:
+        """Each `<image>` of the text needs one image, and images given per prompt (a list of lists) must match
+        their own prompt: otherwise images would silently move to another prompt."""
+        if text is None:
+            return
+        texts = [text] if isinstance(text, str) else list(text)
+        counts = [prompt.count(self.image_token) if isinstance(prompt, str) else 0 for prompt in texts]
+        if isinstance(images, (list, tuple)) and images and all(isinstance(item, (list, tuple)) for item in images):
+            if len(images) != len(texts):
+                raise ValueError(
+                    f"images are given per prompt ({len(images)} lists) for {len(texts)} prompts; pass one list "
+                    "of images per prompt (an empty list for a prompt without images)."
+                )
+            for index, (count, prompt_images) in enumerate(zip(counts, images)):
+                if count != len(prompt_images):
+                    raise ValueError(
+                        f"prompt {index} holds {count} `<image>` but {len(prompt_images)} images are given for it; "
+                        "give each prompt exactly its own images."
+                    )
+            return
+        if images is None:
+            n_images = 0
+        elif isinstance(images, (list, tuple)):
+            n_images = sum(len(item) if isinstance(item, (list, tuple)) else 1 for item in images)
+        else:
+            n_images = 1
+        if sum(counts) != n_images:
+            raise ValueError(
+                f"the text holds {sum(counts)} `<image>` (per prompt: {counts}) but {n_images} images were given. "
+                "Each `<image>` marks where one image goes; if `<image>` is part of your own text, remove or "
+                "reword it (e.g. `< image >`), and pass one image per `<image>`."
+            )
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         return self.image_token * self.image_processor.num_image_tokens(image_inputs["image_tile_mask"][image_idx])

@@ -21,12 +21,12 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 import sphinx_x.training
+from sphinx_x.cli import add_train_arguments
 from sphinx_x.cli import main as cli_main
 from sphinx_x.training.data import MIXTURE_KEYS, SOURCE_KEYS
 from sphinx_x.training.models import LLM_LINEAR_LAYERS, vision_encoders
 from sphinx_x.training.recipe import (
     RecipeError,
-    add_train_arguments,
     check_keys,
     load_recipe,
     overrides_from_arguments,
@@ -194,7 +194,7 @@ def test_full_fine_tuning_end_to_end(tmp_path):
     result = train_from_recipe(recipe)
 
     assert result.skipped == {"malformed": 3, "no_assistant_turn": 3, "missing_image": 3, "corrupt_image": 3,
-                              "too_long": 3}  # one of each, every pass
+                              "too_long": 3, "failed": 0}  # one of each, every pass
     assert result.train_output.metrics["skipped_too_long"] == 3
     assert json.loads((tmp_path / "out" / "train_results.json").read_text())["skipped_corrupt_image"] == 3
     curve = losses(result.trainer)

@@ -23,7 +23,7 @@ from .data import as_list
 
 logger = logging.get_logger(__name__)
 
-SKIP_REASONS = ("malformed", "no_assistant_turn", "missing_image", "corrupt_image", "too_long")
+SKIP_REASONS = ("malformed", "no_assistant_turn", "missing_image", "corrupt_image", "too_long", "failed")
 CHAT_ROLES = {"system", "user", "assistant"}
 LOGGED_PER_REASON = 5  # records named in the log, per reason and process; all are counted
 
@@ -65,7 +65,8 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
     - `malformed`: no conversation, a role other than system / user / assistant, an `<image>` literal in the text;
     - `no_assistant_turn`: nothing to learn;
     - `missing_image`: no file at the image path; `corrupt_image`: the image does not decode;
-    - `too_long`: longer than `max_length` once every image is expanded to its placeholder tokens.
+    - `too_long`: longer than `max_length` once every image is expanded to its placeholder tokens;
+    - `failed`: anything else the record raised while it was checked (out of memory, a network error, ...).
 
     Records too long are skipped, not truncated: a cut would drop image placeholders or half an answer. Images are
     decoded once, here, and handed to the processor as PIL images.
@@ -80,6 +81,8 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
                 records.append(self.checked(example))
             except SkippedRecord as skip:
                 self.skipped.add(skip)
+            except Exception as error:  # noqa: BLE001 (one record must not end the run, whatever it raises)
+                self.skipped.add(SkippedRecord("failed", f"{type(error).__name__}: {error}"))
         if records:
             return super().torch_call(records)
         # Every record was bad. The placeholder is never truncated: a cut through its image would not collate.
@@ -119,7 +122,7 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
             raise SkippedRecord("missing_image", f"no file at {os.fspath(source)!r}")
         try:
             return self.processor.image_processor.fetch_images(source)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, MemoryError) as error:  # URL failures are ValueErrors naming the URL
             raise SkippedRecord("corrupt_image", str(error)) from None
 
     def sequence_length(self, text: str, images: list[PIL.Image.Image]) -> int:

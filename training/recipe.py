@@ -64,7 +64,10 @@ RecipeLoader.add_implicit_resolver(
 
 def load_yaml(path: str | Path) -> dict:
     with open(path, encoding="utf-8") as handle:
-        content = yaml.load(handle, Loader=RecipeLoader)
+        try:
+            content = yaml.load(handle, Loader=RecipeLoader)
+        except yaml.YAMLError as error:
+            raise RecipeError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from None
     if not isinstance(content, dict):
         raise RecipeError(f"{path} must hold a YAML mapping, got {type(content).__name__}.")
     return content
@@ -225,22 +228,8 @@ def parse_overrides(assignments: list[str]) -> dict:
     return overrides
 
 
-def add_train_arguments(parser) -> None:
-    """The arguments of `sphinx-x train` (kept here, away from TRL, so that building the CLI stays fast)."""
-    parser.add_argument("recipe", help="recipe YAML (see training/recipes/)")
-    parser.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a recipe value, e.g. --set sft.max_steps=100 --set peft.r=8 (repeatable; VALUE is YAML)",
-    )
-    parser.add_argument("--output-dir", help="shortcut for --set sft.output_dir=DIR")
-    parser.add_argument(
-        "--resume-from-checkpoint", nargs="?", const=True, metavar="CHECKPOINT",
-        help="resume from CHECKPOINT, or from the last checkpoint in the output folder when none is given",
-    )
-
-
 def overrides_from_arguments(args) -> dict:
-    """The overrides that the arguments of `add_train_arguments` ask for."""
+    """The overrides that the arguments of `sphinx-x train` (`cli.add_train_arguments`) ask for."""
     overrides = parse_overrides(args.overrides)
     if args.output_dir is not None:
         overrides.setdefault("sft", {})["output_dir"] = args.output_dir
@@ -252,7 +241,6 @@ def overrides_from_arguments(args) -> dict:
 __all__ = [
     "Recipe",
     "RecipeError",
-    "add_train_arguments",
     "check_keys",
     "load_recipe",
     "load_yaml",

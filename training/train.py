@@ -6,12 +6,15 @@ Runs the same in one process and under `accelerate launch` (DDP, FSDP, DeepSpeed
 """
 
 import argparse
+import json
 import logging as std_logging
+import re
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 from transformers import set_seed
-from transformers.trainer_utils import TrainOutput, get_last_checkpoint
+from transformers.trainer_utils import TrainOutput
 from transformers.utils import logging
 from trl import SFTTrainer
 
@@ -84,6 +87,41 @@ class SphinxXSFTTrainer(SFTTrainer):
         return optimizer
 
 
+def is_complete_checkpoint(folder: Path) -> bool:
+    """`Trainer` writes `trainer_state.json` last: a checkpoint without a readable one was cut short (a kill)."""
+    try:
+        json.loads((Path(folder) / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def resume_checkpoint(requested, output_dir: str) -> str | None:
+    """The checkpoint to resume from: the folder asked for (refused when incomplete), or for `True` the last complete
+    `checkpoint-N` in `output_dir`, naming the incomplete ones passed over."""
+    if requested is None or requested is False:
+        return None
+    if requested is not True:
+        if not Path(requested).is_dir():
+            raise RecipeError(f"No checkpoint folder at {requested}; pass an existing checkpoint-N folder.")
+        if not is_complete_checkpoint(requested):
+            raise RecipeError(
+                f"{requested} is an incomplete checkpoint (no readable trainer_state.json: its run was stopped while "
+                "writing it); resume from an earlier one."
+            )
+        return str(requested)
+    folders = [path for path in Path(output_dir).glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", path.name)]
+    incomplete = []
+    for folder in sorted(folders, key=lambda path: int(path.name.split("-")[1]), reverse=True):
+        if is_complete_checkpoint(folder):
+            if incomplete:
+                logger.warning(f"Skipped incomplete checkpoint(s) {', '.join(incomplete)}; resuming from {folder}.")
+            return str(folder)
+        incomplete.append(folder.name)
+    detail = f" (only incomplete ones: {', '.join(incomplete)})" if incomplete else ""
+    raise RecipeError(f"No complete checkpoint to resume from in {output_dir}{detail}.")
+
+
 @dataclass
 class TrainResult:
     """What a recipe run produced: the final model (or adapter) and processor are in `output_dir`."""
@@ -98,16 +136,12 @@ def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
     """Train as a recipe says (see `recipe.py` for its sections); `overrides` is a nested mapping merged on top.
 
     Model, processor and data come from the recipe; `SFTTrainer` runs with the SPHINX-X processor and a collator that
-    skips bad records. Resumes from `sft.resume_from_checkpoint` (a checkpoint folder, or `true` for the last one in
-    `output_dir`). Saves the model (or the adapter) with the processor in `sft.output_dir`.
+    skips bad records. Resumes from `sft.resume_from_checkpoint` (a checkpoint folder, or `true` for the last complete
+    one in `output_dir`). Saves the model (or the adapter) with the processor in `sft.output_dir`.
     """
     recipe = load_recipe(path, overrides)
     args = recipe.sft_config()
-    checkpoint = args.resume_from_checkpoint
-    if checkpoint is True:
-        checkpoint = get_last_checkpoint(args.output_dir)
-        if checkpoint is None:
-            raise RecipeError(f"No checkpoint to resume from in {args.output_dir}.")
+    checkpoint = resume_checkpoint(args.resume_from_checkpoint, args.output_dir)
     model_spec = recipe.model
     if checkpoint and recipe.peft is None:
         # `Trainer` reloads a checkpoint's tensors as stored, without the key conversions `save_pretrained` applied

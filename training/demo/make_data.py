@@ -4,6 +4,7 @@
 """
 
 import argparse
+import signal
 from pathlib import Path
 
 from ..synthetic.dataset import make_mixture
@@ -32,6 +33,7 @@ def main(argv=None) -> None:
     parser.add_argument("--scale", type=int, default=1,
                         help="train rows per task times this; the held-out rows are the same")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # a kill removes the partial file, as Ctrl-C does
     train_sizes = {task: count * args.scale for task, count in TRAIN_SIZES.items()}
     splits = make_mixture(args.seed, train_sizes, HELDOUT_SIZES, max_side=args.max_side, turns=TURNS,
                           train_shape_count=TRAIN_SHAPE_COUNT)
