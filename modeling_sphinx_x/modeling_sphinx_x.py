@@ -81,7 +81,8 @@ def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size
 def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=None, image_tile_mask=None) -> None:
     """Refuse inputs the model would misread, with the shape or value at fault: `pixel_values` `[B, 3, H, W]` finite
     floats at the canvas size, `image_tile_mask` `[B, num_tiles]`, `input_ids` within the vocabulary (or the image
-    placeholder id) and no longer than the LLM's context."""
+    placeholder id). The value checks are left out of compiled graphs (they would break them): compiled decoding
+    follows an eager prefill that made them."""
     if pixel_values is not None:
         height, width = config.canvas_size
         if pixel_values.ndim != 4 or tuple(pixel_values.shape[1:]) != (3, height, width):
@@ -91,7 +92,7 @@ def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=Non
             )
         if not pixel_values.is_floating_point():
             raise ValueError(f"`pixel_values` must be floats (normalised canvases), got {pixel_values.dtype}.")
-        if not torch.isfinite(pixel_values).all():
+        if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():
             raise ValueError("`pixel_values` hold NaN or infinite values; check the images and their preprocessing.")
         if image_tile_mask is not None:
             expected = (pixel_values.shape[0], config.num_tiles)
@@ -100,14 +101,7 @@ def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=Non
                     f"`image_tile_mask` must be [batch, num_tiles] = {list(expected)} for these `pixel_values`, got "
                     f"{list(image_tile_mask.shape)}. Pass the mask the image processor returned with them."
                 )
-    if input_ids is not None and input_ids.numel():
-        context = getattr(config.text_config, "max_position_embeddings", None)
-        if context is not None and input_ids.shape[-1] > context:
-            raise ValueError(
-                f"The prompt is {input_ids.shape[-1]} tokens long, over this model's context of {context} tokens "
-                "(images count too: each takes its image positions). Shorten the text, use fewer images, or truncate "
-                "it yourself (e.g. `processor(..., truncation=True, max_length=...)` on text-only prompts)."
-            )
+    if input_ids is not None and input_ids.numel() and not torch.compiler.is_compiling():
         outside = ((input_ids < 0) | (input_ids >= vocab_size)) & (input_ids != config.image_token_id)
         if outside.any():
             bad = input_ids[outside][0].item()
@@ -115,6 +109,19 @@ def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=Non
                 f"`input_ids` hold id {bad}, outside the vocabulary (0..{vocab_size - 1}, and the image placeholder "
                 f"{config.image_token_id}). Tokenize with the model's own tokenizer."
             )
+
+
+def check_prompt_length(text_config, length: int) -> None:
+    """Refuse a prompt longer than the LLM's context (`generate`; a bare forward extrapolates, as transformers' models
+    do). RoPE scaling (linear, dynamic, YaRN, ...) extends the context past `max_position_embeddings`: not checked."""
+    context = getattr(text_config, "max_position_embeddings", None)
+    rope = getattr(text_config, "rope_parameters", None) or {}
+    if context is not None and rope.get("rope_type", "default") == "default" and length > context:
+        raise ValueError(
+            f"The prompt is {length} tokens long, over this model's context of {context} tokens (images count too: "
+            "each takes its image positions). Shorten the text, use fewer images, or truncate it yourself (e.g. "
+            "`processor(..., truncation=True, max_length=...)` on text-only prompts)."
+        )
 
 
 class SphinxXConvNextEncoder(nn.Module):
@@ -364,11 +371,6 @@ class SphinxXModel(SphinxXPreTrainedModel):
         batch = pixel_values.shape[0]
         if image_tile_mask is None:
             image_tile_mask = torch.ones(batch, config.num_tiles, dtype=torch.bool, device=pixel_values.device)
-        elif image_tile_mask.shape != (batch, config.num_tiles):
-            raise ValueError(
-                f"`image_tile_mask` has shape {tuple(image_tile_mask.shape)} but `pixel_values` hold {batch} images of "
-                f"{config.num_tiles} tiles: pass the `pixel_values` and `image_tile_mask` of the same processor call."
-            )
         elif not config.use_skip_tokens and not image_tile_mask.all():
             raise ValueError(
                 "This model has skip tokens off (its skip embedding is untrained) but `image_tile_mask` skips tiles. "
@@ -679,7 +681,12 @@ class SphinxXForConditionalGeneration(SphinxXPreTrainedModel, GenerationMixin):
         **kwargs,
     ):
         """`GenerationMixin.generate`, also stopping at the token sequences of `generation_config.stop_token_sequences`
-        (the reference terminator `"\\n###"`), in addition to EOS; a `streamer` never receives those sequences."""
+        (the reference terminator `"\\n###"`), in addition to EOS; a `streamer` never receives those sequences. A
+        prompt longer than the LLM's context is refused (`check_prompt_length`)."""
+        prompt = kwargs.get("input_ids", args[0] if args else None)
+        prompt = prompt if prompt is not None else kwargs.get("inputs_embeds")
+        if prompt is not None:
+            check_prompt_length(self.config.text_config, prompt.shape[1])
         generation_config = kwargs.get("generation_config") or self.generation_config
         sequences = getattr(generation_config, "stop_token_sequences", None)
         stopping_criteria = StoppingCriteriaList(stopping_criteria or [])

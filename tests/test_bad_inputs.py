@@ -198,9 +198,13 @@ PROCESSOR_CASES = {
     ),
     "two <image> one image": (
         dict(text="<image><image> compare", images=[IMAGE]),
-        "the text holds 2 `<image>` (per prompt: [2]) but 1 images were given",
+        "SPHINX takes one image per prompt; got 1 images for 1 prompts (2 `<image>` markers)",
     ),
-    "image without <image>": (dict(text="describe", images=IMAGE), "the text holds 0 `<image>`"),
+    # One image and no `<image>` is the pipeline's form (the image goes in front); two are refused.
+    "two images without <image>": (
+        dict(text="describe", images=[IMAGE, IMAGE]),
+        "SPHINX takes one image per prompt; got 2 images for 1 prompts (0 `<image>` markers)",
+    ),
 }
 
 
@@ -268,16 +272,17 @@ def test_bad_model_call(model_and_processor, name):
     assert message in str(caught.value)
 
 
-@pytest.mark.parametrize("call", ["forward", "generate"])
-def test_prompt_longer_than_the_context_is_refused_with_the_numbers(model_and_processor, call):
+@pytest.mark.parametrize("as_keyword", [True, False])
+def test_prompt_longer_than_the_context_is_refused_with_the_numbers(model_and_processor, as_keyword):
+    """`generate` refuses it; a bare forward extrapolates, as transformers' models do (their RoPE-scaling tests)."""
     model, _ = model_and_processor
     context = model.config.text_config.max_position_embeddings
     input_ids = torch.full((1, context + 7), 5)
     with pytest.raises(ValueError) as caught, torch.inference_mode():
-        if call == "forward":
-            model(input_ids=input_ids)
-        else:
+        if as_keyword:
             model.generate(input_ids=input_ids, max_new_tokens=1)
+        else:
+            model.generate(input_ids, max_new_tokens=1)
     assert f"The prompt is {context + 7} tokens long, over this model's context of {context} tokens" in str(
         caught.value
     )

@@ -178,7 +178,8 @@ def test_get_image_features_outputs(inputs):
 
 
 def test_mismatched_images_and_tile_masks_are_refused(model, inputs):
-    with pytest.raises(ValueError, match=r"`image_tile_mask` has shape \(1, 4\) but `pixel_values` hold 2 images"):
+    expected = r"`image_tile_mask` must be \[batch, num_tiles\] = \[2, 4\] for these `pixel_values`, got \[1, 4\]"
+    with pytest.raises(ValueError, match=expected):
         model(**{**inputs, "image_tile_mask": inputs["image_tile_mask"][:1]})
     with pytest.raises(ValueError, match="Image features and image tokens do not match"):
         model(**{**inputs, **{key: inputs[key][:1] for key in ("pixel_values", "image_tile_mask")}})
