@@ -238,6 +238,17 @@ def add_train_arguments(parser) -> None:
     )
 
 
+def add_generation_arguments(parser) -> None:
+    """The answer length, dtype and device options of the commands that generate."""
+    parser.add_argument(
+        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
+    )
+    parser.add_argument(
+        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
+    )
+    parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sphinx-x", description="SPHINX-X multimodal LLMs for transformers.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -246,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat_parser.add_argument("question", nargs="?", help="ask one question and exit; without it, chat on stdin")
     chat_parser.add_argument("--image", help="image path or URL for the first turn")
     chat_parser.add_argument("--model", help="model folder or Hub id (default: the embedded demo model)")
-    chat_parser.add_argument(
-        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
-    )
-    chat_parser.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
-    )
-    chat_parser.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    add_generation_arguments(chat_parser)
     chat_parser.set_defaults(run=chat)
 
     ground = commands.add_parser("ground", help="ask for boxes, draw them (and SAM masks) on the image, write JSON")
@@ -262,13 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     ground.add_argument("--sam", help="SAM checkpoint id or folder for one mask per box, e.g. facebook/sam-vit-base")
     ground.add_argument("--out", help="annotated image to write (PNG, JPEG, ...)")
     ground.add_argument("--json", help="JSON file for the phrases, pixel boxes, points, mask scores and mask RLEs")
-    ground.add_argument(
-        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
-    )
-    ground.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
-    )
-    ground.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    add_generation_arguments(ground)
     ground.set_defaults(run=ground_command)
 
     demo = commands.add_parser("demo", help="Gradio web demo: chat about an image, boxes and masks drawn beside it")
@@ -276,13 +275,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--sam", help="SAM checkpoint id or folder, to add a mask per box")
     demo.add_argument("--port", type=int, default=7860)
     demo.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 to serve the network)")
-    demo.add_argument(
-        "--max-new-tokens", type=positive_int, default=256, help="longest answer, in tokens (default: 256)"
-    )
-    demo.add_argument(
-        "--dtype", choices=DTYPES, default="float32", help="weight and activation dtype (default: float32)"
-    )
-    demo.add_argument("--device", help="torch device, e.g. cpu, cuda, cuda:1 (default: cuda when available)")
+    add_generation_arguments(demo)
     demo.set_defaults(run=demo_command)
 
     convert = commands.add_parser("convert", help="convert checkpoints to the transformers format")

@@ -42,6 +42,7 @@ TEMPLATES = [
     "Explain in one sentence what {topic} is.",
 ]
 RHYMES = ["cat", "light", "day", "tree", "cake", "ring", "blue", "star"]
+MAX_ANSWER_TOKENS = 128
 
 # Held-out instructions and facts: (prompt, any of these keywords in the answer, case-insensitive).
 HELDOUT = [
@@ -126,13 +127,15 @@ def main(argv=None) -> None:
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.bfloat16).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     prompts = training_prompts(args.count, args.seed)
-    answers = chat_answers(model, processor, prompts, desc="distilling")
+    answers = chat_answers(model, processor, prompts, max_new_tokens=MAX_ANSWER_TOKENS, desc="distilling")
+    # An answer cut at the token budget would teach the model to stop mid-sentence: only finished ones are kept.
+    finished = [len(processor.tokenizer(answer).input_ids) < MAX_ANSWER_TOKENS - 1 for answer in answers]
     rows = [
         {"messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]},
                       {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
          "images": [], "task": "text_chat", "question": prompt, "answer": answer, "width": 0, "height": 0,
          "objects": [], "target_box": [], "details": "{}", "sample_id": f"{args.seed}/train/text_chat/{index}"}
-        for index, (prompt, answer) in enumerate(zip(prompts, answers)) if answer
+        for index, (prompt, answer, done) in enumerate(zip(prompts, answers, finished)) if answer and done
     ]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     partial = args.out.with_name(f".{args.out.name}.partial")
