@@ -223,14 +223,22 @@ def load_tokenizer(folder: Path, vocab_size: int):
     table.
     """
     gguf = gguf_file(folder)
-    if gguf is not None:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    elif (folder / "tokenizer.model").is_file():
-        tokenizer = reference_tokenizer(folder)
-    elif (folder / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-    else:
+    candidates = [folder / name for name in ("tokenizer.model", "tokenizer.json") if (folder / name).is_file()]
+    source = gguf or next(iter(candidates), None)
+    if source is None:
         raise ConversionError(f"{folder} has no tokenizer.model or tokenizer.json.")
+    try:
+        if gguf is not None:
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        elif source.name == "tokenizer.model":
+            tokenizer = reference_tokenizer(folder)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(folder)
+    except Exception as error:  # noqa: BLE001 (sentencepiece, tokenizers and json each raise their own kind)
+        raise ConversionError(
+            f"{source} is not a readable tokenizer ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+            "copy the LLM's original tokenizer files into the folder again."
+        ) from None
     if "<image>" not in tokenizer.get_vocab():
         tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     if tokenizer.pad_token is None:

@@ -126,9 +126,10 @@ def format_table(results: dict) -> str:
 
 def evaluate(model: str | None, tasks: str, *, output: str | Path = "sphinx-x-eval/results.json",
              limit: int | None = None, batch_size: int = 8, data_files=None, dtype: str = "float32",
-             device: str = "cpu") -> dict:
+             device: str = "cpu", loaded: tuple | None = None) -> dict:
     """Runs `tasks` (comma-separated names or groups, see `TASKS` / `GROUPS`) on `model` (a folder or Hub id; the
-    embedded demo model when None) and returns `{task: {"metric", "metrics", "samples", "paper", ...}}`."""
+    embedded demo model when None) and returns `{task: {"metric", "metrics", "samples", "paper", ...}}`. `loaded`, a
+    `(model, processor)` pair already loaded from `model`, is used instead of loading it again."""
     from ..cli import load_model
 
     selected = resolve_tasks(tasks)
@@ -138,7 +139,7 @@ def evaluate(model: str | None, tasks: str, *, output: str | Path = "sphinx-x-ev
     output = Path(output)
     if limit is not None and limit < 1:
         raise ValueError(f"--limit must be at least 1, got {limit}.")
-    loaded, processor = load_model(model, dtype, device)
+    loaded, processor = loaded or load_model(model, dtype, device)
     folder = output.parent / f"{output.stem}-predictions"
     results = {}
     for task in selected:

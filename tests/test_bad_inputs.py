@@ -606,6 +606,15 @@ def test_corrupt_tokenizer_model(fixture_dir, tmp_path):
     assert sorted(path.name for path in tmp_path.iterdir()) == ["src"]
 
 
+@pytest.mark.parametrize("name, content", [("tokenizer.model", b"garbage\n"), ("tokenizer.json", b"{bad")])
+def test_assemble_names_a_corrupt_tokenizer(tmp_path, name, content):
+    from sphinx_x.conversion.assemble import load_tokenizer
+
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(ConversionError, match=f"{tmp_path / name} is not a readable tokenizer .*original tokenizer"):
+        load_tokenizer(tmp_path, 32000)
+
+
 def test_config_of_another_model_type_is_refused(tmp_path):
     from transformers import LlamaConfig
 

@@ -22,12 +22,14 @@ __all__ = ["evaluate", "evaluate_text", "score"]
 
 
 def evaluate(model_path: str | None, heldout: str | None = None, *, per_task: int | None = None,
-             batch_size: int = 16, dtype: str = "float32", device: str = "cpu") -> dict:
+             batch_size: int = 16, dtype: str = "float32", device: str = "cpu", loaded: tuple | None = None) -> dict:
     """Per-task accuracy on the image questions (`{"som_color": {"correct": c, "total": n, "accuracy": c / n},
-    ...}`), by `sphinx-x eval`; tasks without rows in `heldout` are left out."""
+    ...}`), by `sphinx-x eval`; tasks without rows in `heldout` are left out. `loaded`: the `(model, processor)` of
+    `model_path`, already loaded."""
     with tempfile.TemporaryDirectory() as folder:
         results = run_eval(model_path, ",".join(TASK_NAMES.values()), output=Path(folder) / "results.json",
-                           limit=per_task, batch_size=batch_size, data_files=heldout, dtype=dtype, device=device)
+                           limit=per_task, batch_size=batch_size, data_files=heldout, dtype=dtype, device=device,
+                           loaded=loaded)
     keys = {name: key for key, name in TASK_NAMES.items()}
     return {keys[name]: {"correct": result["metrics"]["correct"], "total": result["metrics"]["total"],
                          "accuracy": result["metrics"]["correct"] / result["metrics"]["total"]}
@@ -58,12 +60,13 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="weights' dtype")
     parser.add_argument("--batch-size", type=int, default=16, help="questions per generate call")
     args = parser.parse_args(argv)
-    results = evaluate(args.model, args.heldout, per_task=args.per_task, batch_size=args.batch_size,
-                       dtype=args.dtype, device=args.device)
-    if not args.no_text:
-        from ...cli import load_model
+    from ...cli import load_model
 
-        results["text"] = evaluate_text(*load_model(args.model, args.dtype, args.device), batch_size=args.batch_size)
+    loaded = load_model(args.model, args.dtype, args.device)
+    results = evaluate(args.model, args.heldout, per_task=args.per_task, batch_size=args.batch_size,
+                       dtype=args.dtype, device=args.device, loaded=loaded)
+    if not args.no_text:
+        results["text"] = evaluate_text(*loaded, batch_size=args.batch_size)
     for task, counts in results.items():
         print(f"{task:15s} {counts['correct']:4d} / {counts['total']:4d} = {100 * counts['accuracy']:.1f} %")
     if args.json:
