@@ -1,7 +1,7 @@
 """Start the demo's visual projector where the LLM can read it: each image position near the word embeddings of
 what lies under it.
 
-    python -m sphinx_x.training.demo.init_projector data/demo/base [--images 600]
+    python -m sphinx_x.training.demo.init_projector data/demo/base [--images 300]
 
 A fresh projector maps the frozen DINOv2 tokens to arbitrary vectors, and a small LLM needs thousands of
 conversations before it finds the colour of a shape among them (the first CPU run: 1,280 conversations, answers still
@@ -111,7 +111,7 @@ def word_accuracy(predicted: torch.Tensor, labels: list[tuple], vocabulary: dict
     return sum(keys[i] == label for i, label in zip(nearest, labels)) / len(labels)
 
 
-def initialise(model_dir: Path, images: int = 600) -> dict:
+def initialise(model_dir: Path, images: int = 300) -> dict:
     """Fit the projector of the SPHINX-X folder `model_dir` (see the module docstring) and save it in place."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -161,7 +161,7 @@ def initialise(model_dir: Path, images: int = 600) -> dict:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path, help="the untrained demo model folder (`python -m sphinx_x.demo base`)")
-    parser.add_argument("--images", type=int, default=600, help="synthetic training images to fit on")
+    parser.add_argument("--images", type=int, default=300, help="synthetic training images to fit on")
     args = parser.parse_args(argv)
     for key, value in initialise(args.model, args.images).items():
         print(f"{key}: {value}")
