@@ -367,8 +367,9 @@ def test_chat_prompt_stays_out_of_stdout(converted_dir, fixture_dir):
 
 # The writer loads `conversion/common.py` by path: importing `sphinx_x` (torch, transformers) would take seconds.
 WRITER = """
-import importlib.util, sys, time
+import importlib.util, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as at a terminal: a background job starts with it ignored
 spec = importlib.util.spec_from_file_location("common", sys.argv[2])
 common = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(common)
