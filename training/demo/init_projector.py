@@ -10,16 +10,16 @@ training images, the token over a shape is mapped to the LLM's embeddings of its
 Set-of-Mark digit near the centre), the token over a character to that character, any other token to "background".
 The ConvNeXt columns start at zero and the LayerNorm at the embeddings' scale, so an image arrives as a grid of
 familiar words and one-stage training starts from there. The model folder is rewritten in place (safely: a temporary
-folder, then a rename).
+folder, then a rename, as the converters write).
 """
 
 import argparse
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
+
+from ...conversion.common import atomic_output_folder
 
 
 TASKS = ("shape_color", "count", "som_color", "ocr_code", "ocr_word")
@@ -147,14 +147,9 @@ def initialise(model_dir: Path, images: int = 300) -> dict:
         "cosine": torch.nn.functional.cosine_similarity(predicted, test_y, dim=-1).mean().item(),
         "scale": scale,
     }
-    with tempfile.TemporaryDirectory(dir=model_dir.parent, prefix=f".{model_dir.name}.") as folder:
+    with atomic_output_folder(model_dir, overwrite=True) as folder:
         model.save_pretrained(folder)
         processor.save_pretrained(folder)
-        backup = model_dir.with_name(f".{model_dir.name}.old")
-        model_dir.rename(backup)
-        Path(folder).rename(model_dir)
-        shutil.rmtree(backup)
-        Path(folder).mkdir()  # TemporaryDirectory removes it on exit
     return report
 
 
