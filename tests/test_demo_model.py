@@ -120,7 +120,7 @@ def test_chat_command_answers_as_the_python_api(demo_folder):
 
 def test_demo_model_keeps_its_heldout_accuracy(demo_model):
     model, processor = demo_model
-    results = evaluate(None, per_task=20, batch_size=20, dtype="bfloat16")
+    results = evaluate(None, per_task=20, batch_size=20, dtype="bfloat16", loaded=demo_model)
     for task, floor in FLOORS.items():
         assert results[task]["accuracy"] >= floor, (task, results[task])
     text = evaluate_text(model, processor, batch_size=20)
