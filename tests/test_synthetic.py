@@ -352,7 +352,8 @@ def test_family_sizes_draw_every_task():
 
 
 def test_multi_turn_samples_ask_more_questions_about_the_same_image():
-    """`turns` keeps the first turn (image and all) and adds distinct questions whose answers follow the drawing."""
+    """`turns` keeps the first turn (image and all) and adds distinct questions whose answers follow the drawing, the
+    scene's counting question last."""
     for index in range(10):
         for task in ("som_color", "grounding_rec"):
             single, multi = generate_sample(task, index), generate_sample(task, index, turns=4)
@@ -360,7 +361,8 @@ def test_multi_turn_samples_ask_more_questions_about_the_same_image():
             assert np.array_equal(pixels(single), pixels(multi))
             questions = [multi.question] + [question for question, _ in multi.follow_ups]
             assert len(set(questions)) == len(questions) <= 4
-            for question, answer in multi.follow_ups:
+            assert multi.follow_ups[-1] == ("How many shapes are in the image?", str(len(multi.objects)))
+            for question, answer in multi.follow_ups[:-1]:
                 if task == "som_color":
                     mark = int(question.removeprefix("What color is the shape labeled ").removesuffix("?"))
                     assert answer == next(item["color"] for item in multi.objects if item["mark"] == mark)
@@ -371,7 +373,7 @@ def test_multi_turn_samples_ask_more_questions_about_the_same_image():
                     assert box_iou(box, target["box"]) > 0.75
                     expression = question.removeprefix(REC_PROMPT.split("{")[0]).removesuffix(".")
                     assert_expression_is_unique(expression, target, multi.objects)
-    assert sum(len(generate_sample("som_color", index, turns=4).follow_ups) for index in range(10)) >= 15
+    assert sum(len(generate_sample("som_color", index, turns=4).follow_ups) for index in range(10)) >= 25
 
     row = build_dataset({"som_color": 1}, turns=3)[0]
     roles = [message["role"] for message in row["messages"]]

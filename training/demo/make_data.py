@@ -12,11 +12,12 @@ from ..synthetic.dataset import make_mixture
 
 # Every evaluated skill has training data, with Set-of-Mark colours, 4-character codes and grounding weighted up (the
 # hardest); words keep the readings varied. Set-of-Mark, grounding and single-shape images carry up to TURNS questions
-# each: the encoders and the adapter then get several answers' worth of gradient per encoded image, which is what
-# makes a CPU run affordable. Text-only chat turns come from `text_chat.py`.
+# each (Set-of-Mark and grounding scenes end with their count): the encoders and the adapter then get several answers'
+# worth of gradient per encoded image, which is what makes a CPU run affordable. Text-only chat turns come from
+# `text_chat.py`.
 TRAIN_SIZES = {"som_color": 3000, "som_shape": 600, "scene": 2400, "grounding_rec": 2400, "ocr_code": 3000,
                "ocr_word": 600}
-TURNS = 4
+TURNS = 6
 TRAIN_SHAPE_COUNT = (1, 6)
 # Images are drawn at the demo's 224-px canvas, so the processor hardly resamples them.
 MAX_SIDE = 224

@@ -68,7 +68,8 @@ def generate_sample(key: str, index: int, seed: int = 0, split: str = "train", m
             `MIN_MAX_SIDE_DOCUMENTS` where receipts or tables can be drawn, `MIN_MAX_SIDE` otherwise.
         placement (`str`): how grounding boxes are normalised, "top_left" (SPHINX-X) or "center" (released SPHINX).
         turns (`int`): Set-of-Mark, grounding and single-shape samples ask up to this many questions on one image (a
-            multi-turn conversation: more supervision per encoded image); OCR and counting samples ask one.
+            multi-turn conversation: more supervision per encoded image; Set-of-Mark and grounding scenes end with
+            their counting question); OCR and counting samples ask one.
         shape_count (`tuple[int, int]`): how many shapes Set-of-Mark and grounding scenes draw from (fewer where
             they do not fit).
     """

@@ -7,6 +7,7 @@ from .boxes import format_box
 from .render import choose
 from .sample import Sample, drawn_object
 from .scene import SIDES, beyond, make_scene
+from .scene_questions import count_turn
 
 
 GROUNDING_TASKS = {"grounding_rec": 0.8, "grounding_reg": 0.2}
@@ -57,7 +58,7 @@ def grounding_sample(rng: random.Random, task: str | None = None, max_side: int 
     normalised for `placement` ("top_left" for SPHINX-X, "center" for released SPHINX checkpoints). REG: the
     question carries the box and the answer is the most specific expression, so one box has one answer. A third
     of the scenes repeat a colour and shape, which calls for "on the left" and the like. With `turns` > 1, the same
-    question about up to `turns - 1` other shapes follows the first.
+    question about up to `turns - 2` other shapes follows the first, then the scene's counting question.
     """
     task = task or choose(rng, GROUNDING_TASKS)
     for _ in range(MAX_ATTEMPTS):
@@ -70,11 +71,13 @@ def grounding_sample(rng: random.Random, task: str | None = None, max_side: int 
         question, answer, expression = asked
         follow_ups = []
         for other in range(1, len(regions)):
-            if len(follow_ups) == turns - 1:
+            if len(follow_ups) >= turns - 2:
                 break
             more = ask(task, rng, regions, other, image.size, placement)
             if more is not None:
                 follow_ups.append(more[:2])
+        if turns > 1:
+            follow_ups.append(count_turn(regions))
         objects = [drawn_object(r.box, shape=r.shape, color=r.color) for r in regions]
         details = {"expression": expression, "placement": placement}
         return Sample(image, task, question, answer, objects, target_box=[float(v) for v in regions[target].box],

@@ -26,10 +26,15 @@ def side_of(region, width: float) -> str | None:
     return None
 
 
+def count_turn(regions: list) -> tuple[str, str]:
+    """The counting `(question, answer)` of a scene; multi-turn Set-of-Mark and grounding samples end with it too."""
+    return "How many shapes are in the image?", str(len(regions))
+
+
 def ask(task: str, regions: list, width: int) -> tuple[str, str] | None:
     """`(question, answer)` of `task` about this scene, or `None` when it has no clear-cut answer."""
     if task == "count":
-        return "How many shapes are in the image?", str(len(regions))
+        return count_turn(regions)
     if len(regions) != 1:
         return None
     region = regions[0]

@@ -7,6 +7,7 @@ import random
 from .render import choose
 from .sample import Sample, drawn_object
 from .scene import SIDES, above, beyond, draw_mark, left_of, make_scene
+from .scene_questions import count_turn
 
 
 SOM_TASKS = {"som_color": 0.35, "som_shape": 0.2, "som_relation": 0.2, "som_extreme": 0.15, "som_label": 0.1}
@@ -57,8 +58,8 @@ def ask(task: str, rng: random.Random, regions: list, marks: list[int]):
 def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: int = 512, turns: int = 1,
                        shape_count: tuple[int, int] = (2, 6)) -> Sample:
     """One Set-of-Mark sample of `task` (one of `SOM_TASKS`; drawn by its weight when `None`): `shape_count` shapes,
-    each labelled with a distinct number from 1, in shuffled order. With `turns` > 1, up to `turns - 1` more distinct
-    questions of the same kind on the same scene follow the first."""
+    each labelled with a distinct number from 1, in shuffled order. With `turns` > 1, up to `turns - 2` more distinct
+    questions of the same kind on the same scene follow the first, then the scene's counting question."""
     task = task or choose(rng, SOM_TASKS)
     for _ in range(MAX_ATTEMPTS):
         image, regions = make_scene(rng, max_side, count_range=shape_count)
@@ -70,12 +71,14 @@ def set_of_mark_sample(rng: random.Random, task: str | None = None, max_side: in
             draw_mark(image, region, mark)
         question, answer, details = asked
         follow_ups = []
-        for _ in range(4 * (turns - 1)):  # distinct questions; a few draws repeat one
-            if len(follow_ups) == turns - 1:
+        for _ in range(4 * (turns - 2)):  # distinct questions; a few draws repeat one
+            if len(follow_ups) == turns - 2:
                 break
             more = ask(task, rng, regions, marks)
             if more and more[0] not in [question, *dict(follow_ups)]:
                 follow_ups.append(more[:2])
+        if turns > 1:
+            follow_ups.append(count_turn(regions))
         objects = [drawn_object(r.box, shape=r.shape, color=r.color, mark=m) for r, m in zip(regions, marks)]
         return Sample(image, task, question, answer, objects, details=details, follow_ups=follow_ups)
     raise RuntimeError(f"No scene for a clear-cut {task} question in {MAX_ATTEMPTS} attempts at max_side={max_side}.")
