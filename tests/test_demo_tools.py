@@ -12,7 +12,7 @@ from datasets import Dataset
 from sphinx_x.training.demo import make_data
 from sphinx_x.training.demo.evaluate import evaluate, score
 from sphinx_x.training.demo.plot_loss import main as plot_loss_main
-from sphinx_x.training.demo.text_chat import HELDOUT, keyword_hit, training_prompts
+from sphinx_x.training.demo.text_chat import HELDOUT, chat_answers, keyword_hit, training_prompts
 from sphinx_x.training.synthetic.dataset import make_mixture
 
 from conftest import make_tiny_model_and_processor
@@ -104,3 +104,14 @@ def test_make_data_interrupted_leaves_no_partial_file(tmp_path, monkeypatch):
         make_data.main([str(tmp_path)])
     assert [path.name for path in tmp_path.iterdir()] == ["train.parquet"]
     assert (tmp_path / "train.parquet").read_bytes() == b"the previous run's file"
+
+
+def test_chat_answers_say_which_answers_ended():
+    """An answer counts as finished only when generation emitted an end-of-sequence token, not at the budget."""
+    model, processor = make_tiny_model_and_processor()
+    prompts = ["Say something.", "Say something else, at more length."]
+    answers, finished = chat_answers(model, processor, prompts, max_new_tokens=3, batch_size=2)
+    assert len(answers) == 2 and finished == [False, False]  # a random model runs to the budget
+    model.generation_config.eos_token_id = list(range(model.config.text_config.vocab_size))  # any token ends one
+    answers, finished = chat_answers(model, processor, prompts, max_new_tokens=3, batch_size=2)
+    assert finished == [True, True]

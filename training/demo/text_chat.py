@@ -98,18 +98,22 @@ def keyword_hit(answer: str, keywords: list[str]) -> bool:
 
 @torch.inference_mode()
 def chat_answers(model, processor, prompts: list[str], max_new_tokens: int = 64, batch_size: int = 16,
-                 desc: str = "answers") -> list[str]:
-    """Greedy answers of a SPHINX-X model to text-only prompts, batched (left padding)."""
-    answers = []
+                 desc: str = "answers") -> tuple[list[str], list[bool]]:
+    """Greedy answers of a SPHINX-X model to text-only prompts, batched (left padding), and for each whether it
+    ended with an end-of-sequence token (`False`: cut at `max_new_tokens`)."""
+    eos = model.generation_config.eos_token_id
+    eos = torch.tensor(eos if isinstance(eos, list) else [eos])
+    answers, finished = [], []
     for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch"):
         batch = [[{"role": "user", "content": [{"type": "text", "text": prompt}]}]
                  for prompt in prompts[start:start + batch_size]]
         inputs = processor.apply_chat_template(batch, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                return_tensors="pt", processor_kwargs={"padding": True})
-        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        answers += [text.strip() for text in
-                    processor.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)]
-    return answers
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[
+            :, inputs["input_ids"].shape[1]:]
+        answers += [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
+        finished += torch.isin(generated.cpu(), eos).any(dim=1).tolist()
+    return answers, finished
 
 
 def main(argv=None) -> None:
@@ -127,9 +131,8 @@ def main(argv=None) -> None:
     model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.bfloat16).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     prompts = training_prompts(args.count, args.seed)
-    answers = chat_answers(model, processor, prompts, max_new_tokens=MAX_ANSWER_TOKENS, desc="distilling")
     # An answer cut at the token budget would teach the model to stop mid-sentence: only finished ones are kept.
-    finished = [len(processor.tokenizer(answer).input_ids) < MAX_ANSWER_TOKENS - 1 for answer in answers]
+    answers, finished = chat_answers(model, processor, prompts, max_new_tokens=MAX_ANSWER_TOKENS, desc="distilling")
     rows = [
         {"messages": [{"role": "user", "content": [{"type": "text", "text": prompt}]},
                       {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
