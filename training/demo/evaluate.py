@@ -41,7 +41,7 @@ def evaluate_text(model, processor, *, batch_size: int = 20) -> dict:
     from .text_chat import HELDOUT, MAX_ANSWER_TOKENS, chat_answers, keyword_hit
 
     answers, _ = chat_answers(model, processor, [prompt for prompt, _ in HELDOUT], max_new_tokens=MAX_ANSWER_TOKENS,
-                           batch_size=batch_size, desc="text prompts")
+                              batch_size=batch_size, desc="text prompts")
     hits = [keyword_hit(answer, keywords) for answer, (_, keywords) in zip(answers, HELDOUT)]
     return {"correct": sum(hits), "total": len(hits), "accuracy": sum(hits) / len(hits),
             "answers": [{"prompt": prompt, "answer": answer, "hit": hit}

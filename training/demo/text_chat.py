@@ -109,8 +109,8 @@ def chat_answers(model, processor, prompts: list[str], max_new_tokens: int = 64,
                  for prompt in prompts[start:start + batch_size]]
         inputs = processor.apply_chat_template(batch, add_generation_prompt=True, tokenize=True, return_dict=True,
                                                return_tensors="pt", processor_kwargs={"padding": True})
-        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)[
-            :, inputs["input_ids"].shape[1]:]
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        generated = output[:, inputs["input_ids"].shape[1]:]
         answers += [text.strip() for text in processor.batch_decode(generated, skip_special_tokens=True)]
         finished += torch.isin(generated.cpu(), eos).any(dim=1).tolist()
     return answers, finished
