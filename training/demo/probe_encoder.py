@@ -23,9 +23,10 @@ def tile_tokens(model, processor, image) -> tuple[torch.Tensor, float]:
     for a 2x2 canvas; the image sits at the top-left, scaled by the returned factor."""
     config = model.config
     inputs = processor.image_processor(image, return_tensors="pt")
-    canvas = inputs["pixel_values"]
     tile, (rows, cols) = config.tile_size, config.image_grid
-    tiles = canvas.reshape(1, 3, rows, tile, cols, tile).permute(0, 2, 4, 1, 3, 5).reshape(rows * cols, 3, tile, tile)
+    every_view = torch.ones(1, 1 + rows * cols, dtype=torch.bool)
+    # The tile views as the model cuts them for DINOv2 (the global view first, dropped here).
+    tiles = model.model.encoder_views(inputs["pixel_values"], config.dinov2_config.image_size, every_view)[1:]
     with torch.inference_mode():
         tokens = model.model.dinov2(tiles).last_hidden_state  # [4, 1 + g*g, C]
     grid = int((tokens.shape[1] - 1) ** 0.5)
