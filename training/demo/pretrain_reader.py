@@ -42,7 +42,7 @@ LABEL_CHANNELS = {"digit": (0, 7), "color": (7, 16), "shape": (16, 22), "count":
 SCENES = {"som_color": 0.7, "count": 0.2, "shape_color": 0.05, "grounding_rec": 0.05}
 LOSS_WEIGHTS = {"digit": 3.0, "color": 0.3, "shape": 0.3, "count": 0.6}
 EMPTY_CELL_WEIGHT = 0.1  # "no digit / no count here" is 30-60 times as common as any digit
-READER_SHARE = 0.5  # the reader's words in a token, against the DINOv2 part's size (pre-LayerNorm)
+READER_SHARE = 0.5  # a confident cell's words, as a share of a LayerNorm-normalised vector (pre-LayerNorm)
 CONFIDENT_LOGIT = 6.0  # a pretrained reader's winning digit logit (measured: 6.6 on average, the others -1.1)
 
 
