@@ -111,6 +111,13 @@ def word_accuracy(predicted: torch.Tensor, labels: list[tuple], vocabulary: dict
     return sum(keys[i] == label for i, label in zip(nearest, labels)) / len(labels)
 
 
+def save_in_place(model, processor, model_dir: Path) -> None:
+    """Rewrite the model folder `model_dir` with `model` and `processor` (a temporary folder, then a rename)."""
+    with atomic_output_folder(model_dir, overwrite=True) as folder:
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+
+
 def initialise(model_dir: Path, images: int = 300) -> dict:
     """Fit the projector of the SPHINX-X folder `model_dir` (see the module docstring) and save it in place."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -147,9 +154,7 @@ def initialise(model_dir: Path, images: int = 300) -> dict:
         "cosine": torch.nn.functional.cosine_similarity(predicted, test_y, dim=-1).mean().item(),
         "scale": scale,
     }
-    with atomic_output_folder(model_dir, overwrite=True) as folder:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+    save_in_place(model, processor, model_dir)
     return report
 
 

@@ -30,9 +30,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ...conversion.common import atomic_output_folder
 from ..synthetic.scene import COLORS, SHAPES, draw_mark, make_scene
-from .init_projector import token_regions
+from .init_projector import save_in_place, token_regions
 
 
 MAX_COUNT = 7
@@ -209,9 +208,7 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
         projector.weight[:, :reader.model.config.hidden_sizes[-1]] = reader_columns(model, processor.tokenizer)
     report = {"train views": len(train[0]), "steps": steps, "minutes": round((time.time() - started) / 60, 1),
               **{f"held-out {name}": round(value, 4) for name, value in reader_accuracy(reader, *heldout).items()}}
-    with atomic_output_folder(model_dir, overwrite=True) as folder:
-        model.save_pretrained(folder)
-        processor.save_pretrained(folder)
+    save_in_place(model, processor, model_dir)
     return report
 
 
