@@ -1,7 +1,7 @@
 """Does SmolLM2 + LoRA learn the Set-of-Mark lookup when reading is perfect? (docs/demo_model.md, "Does the LLM
 learn the lookup from the image tokens?")
 
-    python docs/experiments/lookup_ideal_tokens.py data/demo/base --form seq [--lr 3e-4] [--steps 120] [--threads 2]
+    python docs/experiments/lookup_ideal_tokens.py data/demo/base --form seq [--lr 3e-4] [--steps 120] [--threads 2] [--seed 0]
 
 The "image" is one 8x8 view of positions built from the LLM's own input embeddings (`--form`, see FORMS), placed
 where the chat template puts the image; 2-6 shapes per scene, each a block of 2x2 cells at one of 16 places, labelled
@@ -39,8 +39,9 @@ def main():
     parser.add_argument("--lr", type=float, default=3e-4)
     parser.add_argument("--steps", type=int, default=120)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0, help="LoRA initialisation and training scenes")
     args = parser.parse_args()
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     torch.set_num_threads(args.threads)
 
     model = SphinxXForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
@@ -115,7 +116,7 @@ def main():
         return (scores.argmax(-1) == colour).float().mean().item()
 
     optimizer = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad], lr=args.lr)
-    rng, start = random.Random(0), time.time()
+    rng, start = random.Random(args.seed), time.time()
     print(f"{args.form} step 0 held-out {accuracy():.2f}", flush=True)
     for step in range(1, args.steps + 1):
         inputs, labels, mask, _, _ = batch(rng, 8)
