@@ -1,7 +1,7 @@
 """Does SmolLM2 + LoRA learn the Set-of-Mark lookup when reading is perfect? (docs/demo_model.md, "Does the LLM
 learn the lookup from the image tokens?")
 
-    python docs/experiments/lookup_ideal_tokens.py data/demo/base --form seq \
+    python docs/experiments/lookup_ideal_tokens.py data/demo/base --form seq
         [--lr 3e-4] [--steps 120] [--threads 2] [--seed 0]
 
 The "image" is one 8x8 view of positions built from the LLM's own input embeddings (`--form`, see FORMS), placed
