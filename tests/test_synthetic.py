@@ -8,6 +8,7 @@ from collections import Counter
 
 import numpy as np
 import PIL.Image
+import PIL.ImageDraw
 import pytest
 from datasets import Image, List, load_from_disk
 
@@ -26,6 +27,7 @@ from sphinx_x.training.synthetic import (
     parse_boxes,
 )
 from sphinx_x.training.synthetic.dataset import encode_png
+from sphinx_x.training.synthetic.scene import SHAPES, draw_shape, mark_center
 
 
 TOKENS_PER_VIEW = 259
@@ -389,3 +391,11 @@ def test_single_shape_scenes():
         (parsed,) = parse_boxes(grounding.answer)
         box = box_to_pixels(parsed.boxes[0], *grounding.image.size, "top_left")
         assert len(grounding.objects) == 1 and box_iou(box, grounding.objects[0]["box"]) > 0.75
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_mark_center_recovers_where_the_mark_goes_from_the_box(shape):
+    draw = PIL.ImageDraw.Draw(PIL.Image.new("RGB", (200, 200)))
+    for x, side in [(3, 48), (17, 61), (40, 97)]:
+        region = draw_shape(draw, shape, "red", x, x + 5, side)
+        assert mark_center(shape, region.box) == pytest.approx(region.center, abs=1e-9)

@@ -12,6 +12,7 @@ token, among the eight colours' first tokens.
 """
 
 import argparse
+import functools
 import random
 import time
 
@@ -53,6 +54,7 @@ def main():
     def ids(text: str) -> torch.Tensor:
         return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
 
+    @functools.cache
     def word(text: str) -> torch.Tensor:
         return embeddings[ids(text)].mean(0)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..synthetic.scene import COLORS, SHAPES, draw_mark, make_scene
+from ..synthetic.scene import COLORS, SHAPES, draw_mark, make_scene, mark_center
 from .init_projector import save_in_place, token_regions
 
 
@@ -49,14 +49,6 @@ def label_words() -> dict[str, list[str | None]]:
     """The word each label class stands for (`None` for "none"), per kind, in channel order."""
     return {"digit": [None] + [str(k) for k in range(1, 7)], "color": [None, *COLORS], "shape": [None, *SHAPES],
             "count": [None] + [str(k) for k in range(MAX_COUNT + 1)]}
-
-
-def mark_centre(drawn: dict) -> tuple[float, float]:
-    """Where `draw_mark` puts a shape's label, from its box: the centroid for a triangle, the box centre otherwise."""
-    x1, y1, x2, y2 = drawn["box"]
-    if drawn["shape"] == "triangle":
-        return (x1 + x2) / 2, y1 + 2 * (y2 - y1) / 3
-    return (x1 + x2) / 2, (y1 + y2) / 2
 
 
 def marked_scene(rng: random.Random):
@@ -79,16 +71,16 @@ def view_labels(config, objects: list[dict], scale: float, view_mask: list[bool]
     regions = [region for region, keep in zip(token_regions(config), view_mask) if keep]
     labels = torch.zeros(len(regions), 4, grid * grid, dtype=torch.long)
     shapes = [drawn for drawn in objects if drawn["shape"]]
-    centres = [[value * scale for value in mark_centre(drawn)] for drawn in shapes]
+    centres = [[value * scale for value in mark_center(drawn["shape"], drawn["box"])] for drawn in shapes]
+    middles = torch.arange(grid, dtype=torch.float64) + 0.5
     for view, (left, top, cell) in enumerate(regions):
+        y, x = torch.meshgrid(top + middles * cell, left + middles * cell, indexing="ij")  # cell centres, row-major
+        x, y = x.flatten(), y.flatten()
         for drawn, (cx, cy) in zip(shapes, centres):
             x1, y1, x2, y2 = (value * scale for value in drawn["box"])
-            for position in range(grid * grid):
-                row, col = divmod(position, grid)
-                x, y = left + (col + 0.5) * cell, top + (row + 0.5) * cell
-                if x1 <= x < x2 and y1 <= y < y2:
-                    labels[view, 1, position] = list(COLORS).index(drawn["color"]) + 1
-                    labels[view, 2, position] = SHAPES.index(drawn["shape"]) + 1
+            under = (x1 <= x) & (x < x2) & (y1 <= y) & (y < y2)
+            labels[view, 1, under] = list(COLORS).index(drawn["color"]) + 1
+            labels[view, 2, under] = SHAPES.index(drawn["shape"]) + 1
             row, col = int((cy - top) // cell), int((cx - left) // cell)
             if view > 0 and drawn["mark"] and 0 <= row < grid and 0 <= col < grid:
                 labels[view, 0, row * grid + col] = drawn["mark"]
