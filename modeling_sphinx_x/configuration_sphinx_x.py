@@ -62,6 +62,13 @@ class SphinxXConfig(PreTrainedConfig):
             checkpoints have it (their tokenizer appends `<image>`, their logits keep the reference's shape); such an
             id embeds as row 0 when no image fills it. See `SphinxXModel.embed_input_ids`.
         projector_layer_norm_eps (`float`): epsilon of the LayerNorm that follows each projection.
+        reader_words (`list[dict]`, *optional*): word gates on the ConvNeXt expert, for a ConvNeXt trained to read
+            labels per grid cell (the embedded demo model). Each gate is `{"channels": [first, last], "token_ids":
+            [...], "cells": "all" | "global_first"}`: ConvNeXt output channels `first..last-1` are the logits of
+            "none" followed by one word per token id. At every grid token (`"all"`), or only at the first grid token
+            of each image's global view (`"global_first"`), the fused token becomes `p_none * token + sum_k p_k *
+            embedding(token_ids[k])`: where the reader reads a word, the LLM receives that word. Released
+            checkpoints have none.
     """
 
     model_type = "sphinx_x"
@@ -84,6 +91,7 @@ class SphinxXConfig(PreTrainedConfig):
     view_source: Literal["canvas", "base_views"] = "canvas"
     image_token_id: int | None = None
     projector_layer_norm_eps: float = 1e-5
+    reader_words: list[dict] | None = None
     tie_word_embeddings: bool = False
 
     @classmethod
@@ -115,6 +123,23 @@ class SphinxXConfig(PreTrainedConfig):
                 f"The encoders' token grids {grids} cannot be fused: CLIP and DINOv2 grids must be equal and the "
                 "ConvNeXt grid must divide them. Check the encoders' image_size and patch_size."
             )
+        self.check_reader_words()
+
+    def check_reader_words(self) -> None:
+        """Each `reader_words` gate reads an existing ConvNeXt channel range of "none" plus one logit per word."""
+        for gate in self.reader_words or []:
+            if self.convnext_config is None:
+                raise ValueError("`reader_words` gates read the ConvNeXt expert's channels, but the config has no "
+                                 "convnext_config. Remove `reader_words` or add the ConvNeXt reader.")
+            (first, last), channels = gate["channels"], self.convnext_config.hidden_sizes[-1]
+            if not 0 <= first < last <= channels or len(gate["token_ids"]) != last - first - 1:
+                raise ValueError(
+                    f"The `reader_words` gate {gate} is malformed: channels [first, last] must lie within the "
+                    f"ConvNeXt's {channels} output channels and hold 'none' plus one channel per token id. Fix the "
+                    "gate's channels or token_ids."
+                )
+            if gate.get("cells") not in ("all", "global_first"):
+                raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\" or \"global_first\".")
 
     def grid_encoder_configs(self) -> dict:
         """Grid encoders in channel-concatenation order (CLIP | ConvNeXt | DINOv2); `None` when absent."""

@@ -346,6 +346,33 @@ class SphinxXModel(SphinxXPreTrainedModel):
             return base_views
         return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
 
+    def read_words(self, view_tokens: torch.Tensor, reader_states: torch.Tensor, view_mask: torch.Tensor):
+        """Apply the `config.reader_words` gates: where the ConvNeXt reader reads a word, the token becomes it.
+
+        Args:
+            view_tokens: `[n_views, 1 + g*g, hidden]` projected tokens (global token, then the row-major grid).
+            reader_states: `[n_views, 1 + g*g, C]` the ConvNeXt's output (mean token, then the grid).
+            view_mask: `[B, 1 + num_tiles]` bool, the encoded views of each image (its global view first).
+
+        Returns:
+            `[n_views, 1 + g*g, hidden]`: per gated cell `p_none * token + sum_k p_k * embedding(token_ids[k])`.
+        """
+        embeddings = self.get_input_embeddings().weight
+        kept = view_mask.sum(dim=1)
+        global_views = kept.cumsum(dim=0) - kept
+        grid = view_tokens[:, 1:]
+        for gate in self.config.reader_words:
+            first, last = gate["channels"]
+            probabilities = reader_states[:, 1:, first:last].float().softmax(dim=-1)
+            words = probabilities[..., 1:] @ embeddings[gate["token_ids"]].float()
+            gated = (probabilities[..., :1] * grid.float() + words).to(grid.dtype)
+            if gate["cells"] == "global_first":
+                cells = torch.zeros(grid.shape[:2], dtype=torch.bool, device=grid.device)
+                cells[global_views, 0] = True
+                gated = torch.where(cells[..., None], gated, grid)
+            grid = gated
+        return torch.cat([view_tokens[:, :1], grid], dim=1)
+
     @can_return_tuple
     def get_image_features(
         self, pixel_values: torch.Tensor, image_tile_mask: torch.Tensor | None = None, **kwargs
@@ -384,6 +411,9 @@ class SphinxXModel(SphinxXPreTrainedModel):
             for encoder, view_size in self.grid_encoders()
         ]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
+        if config.reader_words:
+            reader_states = encoder_outputs[[encoder for encoder, _ in self.grid_encoders()].index(self.convnext)]
+            view_tokens = self.read_words(view_tokens, reader_states.last_hidden_state, view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             qformer_outputs = self.qformer(qformer_views, **kwargs)

@@ -1,0 +1,82 @@
+"""`SphinxXConfig.reader_words`: where a ConvNeXt trained to read labels reads a word, the LLM receives that word's
+input embedding in place of the fused token (the embedded demo model's Set-of-Mark digits and its count)."""
+
+import pytest
+import torch
+
+import sphinx_x
+from sphinx_x.presets import preset_config
+
+from conftest import make_tiny_model_and_processor
+
+
+DIGITS = {"channels": [0, 4], "token_ids": [11, 12, 13], "cells": "all"}
+COUNT = {"channels": [4, 7], "token_ids": [20, 21], "cells": "global_first"}
+
+
+def reader_states(n_views: int, cells: int, channels: int) -> torch.Tensor:
+    """`[n_views, 1 + cells, channels]` ConvNeXt outputs that read "none" with certainty everywhere."""
+    states = torch.zeros(n_views, 1 + cells, channels)
+    states[..., DIGITS["channels"][0]] = states[..., COUNT["channels"][0]] = 30.0
+    return states
+
+
+def test_a_read_word_replaces_the_token_and_nothing_else():
+    model, _ = make_tiny_model_and_processor(reader_words=[DIGITS, COUNT])
+    hidden, embeddings = model.config.text_config.hidden_size, model.get_input_embeddings().weight.detach()
+    view_mask = torch.tensor([[True, True, False, True, True], [True, False, False, False, False]])
+    n_views, cells = int(view_mask.sum()), 16
+    tokens = torch.randn(n_views, 1 + cells, hidden)
+    states = reader_states(n_views, cells, model.config.convnext_config.hidden_sizes[-1])
+    states[1, 1 + 5, :4] = torch.tensor([0.0, 0.0, 30.0, 0.0])  # view 1, cell 5 reads the second digit word
+    states[:, 1, 4:7] = torch.tensor([0.0, 0.0, 30.0])  # every view's first cell reads the second count word
+    states[2, 1 + 7, :4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # undecided: a quarter "none", a quarter each digit
+    with torch.no_grad():
+        gated = model.model.read_words(tokens, states, view_mask)
+
+    assert gated.shape == tokens.shape
+    torch.testing.assert_close(gated[1, 1 + 5], embeddings[12])
+    # The count gate reads only the global views: view 0 of the first image, view 4 (the second image's only one).
+    torch.testing.assert_close(gated[0, 1], embeddings[21])
+    torch.testing.assert_close(gated[4, 1], embeddings[21])
+    torch.testing.assert_close(gated[2, 1 + 7], (tokens[2, 1 + 7] + embeddings[11:14].sum(0)) / 4)
+    changed = torch.zeros(n_views, 1 + cells, dtype=torch.bool)
+    changed[1, 6] = changed[0, 1] = changed[4, 1] = changed[2, 8] = True
+    torch.testing.assert_close(gated[~changed], tokens[~changed])  # the global token and every other cell
+
+
+def test_image_features_carry_the_read_words():
+    torch.manual_seed(0)
+    model, processor = make_tiny_model_and_processor(reader_words=[DIGITS])
+    embeddings = model.get_input_embeddings().weight.detach()
+    inputs = processor.image_processor(torch.rand(3, 300, 500), return_tensors="pt", do_rescale=False)
+    reader = model.model.convnext.model
+    with torch.no_grad():  # the reader's final norm reads digit word 3 (channel 3) at every cell
+        reader.layernorm.weight.zero_()
+        reader.layernorm.bias.zero_()
+        reader.layernorm.bias[3] = 40.0
+        features = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).pooler_output[0]
+    grid = model.config.token_grid_size**2
+    per_view = model.config.tokens_per_view
+    first_view_cells = features[2:2 + grid]  # after the start tag and the global token
+    torch.testing.assert_close(first_view_cells, embeddings[13].expand(grid, -1))
+    assert not torch.allclose(features[1], embeddings[13])  # the global token is never gated
+    assert features.shape[0] == per_view * (1 + int(inputs["image_tile_mask"].sum())) + int(
+        (~inputs["image_tile_mask"].bool()).sum())
+
+
+@pytest.mark.parametrize(("gate", "message"), [
+    ({**DIGITS, "token_ids": [11, 12]}, "'none' plus one channel per token id"),
+    ({**DIGITS, "channels": [30, 40]}, "within the ConvNeXt's 32 output channels"),
+    ({**DIGITS, "cells": "some"}, "global_first"),
+])
+def test_malformed_gates_are_refused(gate, message):
+    with pytest.raises(ValueError, match=message):
+        preset_config("tiny-random", reader_words=[gate])
+
+
+def test_gates_need_a_convnext():
+    config = preset_config("tiny-random").to_dict()
+    config.update(convnext_config=None, reader_words=[DIGITS])
+    with pytest.raises(ValueError, match="no convnext_config"):
+        sphinx_x.SphinxXConfig(**config)
