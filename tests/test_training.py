@@ -15,6 +15,7 @@ import torch
 import yaml
 from datasets import Dataset
 from peft import PeftModel
+from safetensors.torch import load_file
 from test_data import COLOURS, SIZES, SMALL_GEOMETRY, write_colour_dataset
 from transformers import AutoModelForImageTextToText, AutoProcessor
 from trl import SFTConfig, SFTTrainer
@@ -330,12 +331,46 @@ def test_vision_encoders_train_at_their_own_learning_rate(tmp_path):
     assert len(ratios) == 1  # one schedule, scaled
 
 
+def test_lora_keeps_a_saved_encoder_fixed_at_learning_rate_zero(tmp_path):
+    """An encoder in `peft.modules_to_save` travels with the adapter; at `vision_encoder_learning_rate: 0` it stays
+    exactly as the base has it while the projector trains (the demo model's pretrained reader)."""
+    base = save_base_model(tmp_path / "base")
+    recipe = write_recipe(
+        tmp_path,
+        model={"path": str(tmp_path / "base")},
+        data={"train": {"sources": [write_colour_dataset(tmp_path / "data")]}},
+        freeze={"vision_encoder_learning_rate": 0.0},
+        peft={"method": "lora", "r": 8, "lora_alpha": 16, "modules_to_save": ["visual_projector", "convnext"]},
+        sft={**CPU_SFT, "output_dir": str(tmp_path / "out"), "max_steps": 3, "learning_rate": 1e-2,
+             "weight_decay": 0.1},
+    )
+    trainer = train_from_recipe(recipe).trainer
+    reader = {id(parameter) for name, parameter in trainer.model.named_parameters()
+              if ".convnext." in name and parameter.requires_grad}
+    assert reader and {group["initial_lr"] for group in trainer.optimizer.param_groups
+                       if reader & {id(parameter) for parameter in group["params"]}} == {0.0}
+    saved = load_file(tmp_path / "out" / "adapter_model.safetensors")
+    convnext = {key: value for key, value in saved.items() if ".convnext." in key}
+    projector = {key: value for key, value in saved.items() if ".visual_projector." in key}
+    assert convnext and projector
+    reference = base.model.convnext.state_dict()
+    for key, value in convnext.items():
+        assert torch.equal(value, reference[key.removeprefix("base_model.model.model.convnext.")]), key
+    trained = projector[next(key for key in projector if key.endswith("linear.weight"))]
+    assert not torch.equal(trained, base.model.visual_projector.linear.weight)
+
+
 def test_vision_encoder_learning_rate_needs_trained_encoders():
     base = {"model": {"path": "m"}, "data": {"train": {"sources": [{"path": "d.json"}]}}, "sft": {"output_dir": "o"}}
     with pytest.raises(RecipeError, match="vision_encoders: false"):
         parse_recipe({**base, "freeze": {"vision_encoder_learning_rate": 1e-4}})
     with pytest.raises(RecipeError, match="must be a number"):
         parse_recipe({**base, "freeze": {"vision_encoders": False, "vision_encoder_learning_rate": "fast"}})
+    with pytest.raises(RecipeError, match="modules_to_save"):  # LoRA that does not save an encoder
+        parse_recipe({**base, "freeze": {"vision_encoder_learning_rate": 0.0},
+                      "peft": {"method": "lora", "modules_to_save": ["visual_projector"]}})
+    parse_recipe({**base, "freeze": {"vision_encoder_learning_rate": 0.0},
+                  "peft": {"method": "lora", "modules_to_save": ["visual_projector", "convnext"]}})
 
 
 def test_mixtral_router_aux_loss_during_training(tmp_path):

@@ -10,10 +10,9 @@ from transformers import AutoModelForImageTextToText, AutoProcessor, AutoTokeniz
 from ..conversion.accessory import build_tokenizer, generation_config
 from ..presets import preset_config
 from ..processors import SphinxXImageProcessor, SphinxXProcessor
-from .recipe import RecipeError
+from .recipe import VISION_ENCODERS, RecipeError
 
 
-VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer")
 # Module names relative to `SphinxXForConditionalGeneration`, as peft matches them (`re.fullmatch`).
 VISION_ENCODER_MODULES = r"model\.(clip|convnext|dinov2|qformer)\..*"
 # Attention and MLP projections of the LLM's decoder layers (Mixtral: attention only; its experts are 3D parameters,

@@ -13,7 +13,7 @@ data:
   eval: {sources: [{path: val.json, root: images/}]}
 freeze:
   vision_encoders: true               # full fine-tuning: train the projector, image tags, skip token and LLM only
-  vision_encoder_learning_rate: 2.0e-6  # with `vision_encoders: false`: the encoders' own peak learning rate
+  vision_encoder_learning_rate: 2.0e-6  # the trained encoders' own peak learning rate (0 keeps them as they are)
 peft:                                 # optional: `method` (lora | qlora) and any `peft.LoraConfig` field
   method: lora
   r: 16
@@ -37,6 +37,7 @@ DATA_KEYS = {"train", "eval"}
 FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
+VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer")  # the `SphinxXModel` attributes of the visual experts
 
 
 class RecipeError(ValueError):
@@ -182,15 +183,17 @@ def parse_recipe(content: dict) -> Recipe:
 
     freeze = content.get("freeze") or {}
     check_keys("freeze", freeze, FREEZE_KEYS)
+    peft = content.get("peft")
     if "vision_encoder_learning_rate" in freeze:
-        if freeze.get("vision_encoders", True) is not False:
+        saved_encoders = set((peft or {}).get("modules_to_save") or []) & set(VISION_ENCODERS)
+        if freeze.get("vision_encoders", True) is not False and not saved_encoders:
             raise RecipeError("`freeze.vision_encoder_learning_rate` applies to trained encoders: set "
-                              "`freeze.vision_encoders: false` too, or drop the learning rate.")
+                              "`freeze.vision_encoders: false` too (or, with `peft`, list the encoders in "
+                              "`peft.modules_to_save`), or drop the learning rate.")
         if not isinstance(freeze["vision_encoder_learning_rate"], (int, float)):
             raise RecipeError("`freeze.vision_encoder_learning_rate` must be a number, got "
                               f"{freeze['vision_encoder_learning_rate']!r}.")
 
-    peft = content.get("peft")
     if peft is not None:
         check_keys("peft", peft, lora_fields() | {"method"})
         if peft.get("method") not in PEFT_METHODS:

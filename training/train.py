@@ -21,12 +21,14 @@ from trl import SFTTrainer
 from ..processors.processing_sphinx_x import STOP_STRING
 from .collator import SKIP_REASONS, SkippedRecords, SphinxXDataCollator
 from .data import load_mixture
-from .models import freeze_vision_encoders, load_model_and_processor, vision_encoders
-from .recipe import RecipeError, load_recipe, overrides_from_arguments
+from .models import freeze_vision_encoders, load_model_and_processor
+from .recipe import VISION_ENCODERS, RecipeError, load_recipe, overrides_from_arguments
 
 
 logger = logging.get_logger(__name__)
 
+# A visual expert's parameters, by name: `model.convnext.` in the model, `...model.model.convnext.` under peft.
+ENCODER_PARAMETER = re.compile(rf"(^|\.)model\.({'|'.join(VISION_ENCODERS)})\.")
 # TRL's check that the assistant mask ends on the end-of-turn token accepts only an added-vocabulary token there; the
 # SPHINX terminator "\n###" is plain text, so TRL warns "the model may not learn to stop" although it is trained.
 TRL_STOP_TOKEN_WARNING = "The chat template does not include the assistant turn's end-of-turn token in the loss mask"
@@ -68,8 +70,9 @@ class SphinxXSFTTrainer(SFTTrainer):
         optimizer = super().create_optimizer(model)
         if self.vision_encoder_learning_rate is None:
             return optimizer
-        encoder_parameters = {id(parameter) for encoder in vision_encoders(self.model) for parameter in
-                              encoder.parameters()}
+        # By name, so that the trained copies peft keeps of encoders in `modules_to_save` count too.
+        encoder_parameters = {id(parameter) for name, parameter in self.model.named_parameters()
+                              if ENCODER_PARAMETER.search(name)}
         groups, encoder_groups = [], []
         for group in optimizer.param_groups:  # weight decay / no decay, each split into the rest / encoders
             rest = [parameter for parameter in group["params"] if id(parameter) not in encoder_parameters]
