@@ -13,7 +13,7 @@ from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
 from sphinx_x.processors.processing_sphinx_x import STOP_STRING
 from sphinx_x.training.collator import SphinxXDataCollator
-from sphinx_x.training.data import conversation_record, load_conversations, load_messages, load_mixture
+from sphinx_x.training.data import conversation_record, load_conversations, load_messages, load_mixture, load_source
 from sphinx_x.training.recipe import RecipeError
 
 
@@ -143,6 +143,26 @@ def test_messages_datasets_keep_images_as_bytes(tmp_path):
     (tmp_path / "single.jsonl").write_text(json.dumps(single))
     record = load_messages(str(tmp_path / "single.jsonl"), image_root="/root")[0]
     assert record["images"] == [{"bytes": None, "path": "/root/a.png"}]
+
+
+def test_a_source_keeps_the_records_of_its_tasks(tmp_path):
+    """`tasks` selects records of the synthetic data by its `task` column, eagerly and streaming."""
+    rows = Dataset.from_dict({
+        "messages": [[{"role": "user", "content": [{"type": "text", "text": f"Q{index}"}]},
+                      {"role": "assistant", "content": [{"type": "text", "text": "A"}]}] for index in range(4)],
+        "images": [[], [], [], []],
+        "task": ["count", "som_color", "ocr_code", "som_color"],
+    })
+    rows.to_parquet(tmp_path / "rows.parquet")
+    for streaming in (False, True):
+        source = {"path": str(tmp_path / "rows.parquet"), "tasks": ["som_color", "count"], "streaming": streaming}
+        kept = [record["messages"][0]["content"] for record in load_source(source)]
+        assert kept == ["Q0", "Q1", "Q3"]
+    (tmp_path / "plain.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "Q"}]}))
+    with pytest.raises(RecipeError, match="no `task` column"):
+        load_source({"path": str(tmp_path / "plain.jsonl"), "format": "messages", "tasks": ["count"]})
+    with pytest.raises(RecipeError, match="non-empty list"):
+        load_source({"path": str(tmp_path / "rows.parquet"), "tasks": "count"})
 
 
 def test_mixture_weights_caps_and_streaming(tmp_path):

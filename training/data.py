@@ -20,6 +20,8 @@ sources:
     format: messages                       # the default, except for local .json/.jsonl files (conversations)
     split: train                           # and `subset`: the dataset's configuration name, if it has several
     streaming: true                        # read lazily: for sources too large to copy into the cache
+  - path: data/demo/train.parquet          # the synthetic data (`training/synthetic`) ...
+    tasks: [som_color, som_shape]          # ... only the records of these tasks (its `task` column)
 seed: 0
 stopping_strategy: first_exhausted         # or all_exhausted: see `datasets.interleave_datasets`
 ```
@@ -46,7 +48,7 @@ FEATURES = Features(
 ACCESSORY_ROLES = {"human": "user", "gpt": "assistant", "assistant": "assistant"}
 MIXTURE_KEYS = {"sources", "seed", "stopping_strategy"}
 STOPPING_STRATEGIES = ("first_exhausted", "all_exhausted", "all_exhausted_without_replacement")  # `interleave_datasets`
-SOURCE_KEYS = {"path", "format", "root", "weight", "max_samples", "streaming", "split", "subset"}
+SOURCE_KEYS = {"path", "format", "root", "weight", "max_samples", "streaming", "split", "subset", "tasks"}
 FORMATS = ("conversations", "messages")
 FILE_BUILDERS = {".json": "json", ".jsonl": "json", ".parquet": "parquet"}
 
@@ -149,14 +151,21 @@ def load_conversations(path: str, image_root: str | None = None, streaming: bool
 
 
 def load_messages(
-    path: str, image_root: str | None = None, streaming: bool = False, split: str = "train", subset: str | None = None
+    path: str, image_root: str | None = None, streaming: bool = False, split: str = "train", subset: str | None = None,
+    tasks: list[str] | None = None,
 ) -> Dataset | IterableDataset:
-    """A dataset with `messages` and `images` (or `image`): a local .json/.jsonl/.parquet file, a folder or a Hub id."""
+    """A dataset with `messages` and `images` (or `image`): a local .json/.jsonl/.parquet file, a folder or a Hub id;
+    with `tasks`, only the records whose `task` column is one of them."""
     builder = FILE_BUILDERS.get(Path(path).suffix) if os.path.isfile(path) else None
     if builder:
         dataset = load_dataset(builder, data_files=path, split="train", streaming=streaming)
     else:
         dataset = load_dataset(path, subset, split=split, streaming=streaming)
+    if tasks is not None:
+        if "task" not in (dataset.column_names or []):
+            raise RecipeError(f"The source {path} has no `task` column to select `tasks` {tasks} by; drop `tasks` "
+                              "or use data made by `training.synthetic` (e.g. `training.demo.make_data`).")
+        dataset = dataset.filter(lambda task: task in tasks, input_columns="task")
     # Keep images as bytes / paths: decoding belongs to the collator, where a corrupt image is skipped.
     for column in ("images", "image"):
         feature = (dataset.features or {}).get(column)
@@ -179,10 +188,15 @@ def load_source(source: dict, seed: int = 0) -> Dataset | IterableDataset:
     data_format = source.get("format") or ("conversations" if is_conversation_file else "messages")
     if data_format not in FORMATS:
         raise RecipeError(f"A source's `format` must be one of {', '.join(FORMATS)}, got {data_format!r}.")
+    tasks = source.get("tasks")
+    if tasks is not None and (data_format != "messages" or not isinstance(tasks, list) or not tasks):
+        raise RecipeError(f"A source's `tasks` is a non-empty list of task names of a `messages` dataset, got "
+                          f"{tasks!r} for {path}.")
     if data_format == "conversations":
         dataset = load_conversations(path, root, streaming)
     else:
-        dataset = load_messages(path, root, streaming, source.get("split", "train"), source.get("subset"))
+        dataset = load_messages(path, root, streaming, source.get("split", "train"), source.get("subset"),
+                                tasks)
 
     cap = source.get("max_samples")
     if cap is not None:
