@@ -186,6 +186,17 @@ def demo_encoders() -> dict:
     )
 
 
+def demo_reader_words() -> list[dict]:
+    """The demo reader's word gates (`SphinxXConfig.reader_words`), in the channel layout its pretraining gives it
+    (`training.demo.pretrain_reader.LABEL_CHANNELS`): channels 0-6 read "none" or a Set-of-Mark digit 1-6 at any
+    cell, channels 22-30 "none" or the number of shapes 0-7 at the global view's first cell. SmolLM2 writes the
+    digit d as token 32 + d."""
+    return [
+        {"channels": [0, 7], "token_ids": [32 + digit for digit in range(1, 7)], "cells": "all"},
+        {"channels": [22, 31], "token_ids": [32 + count for count in range(8)], "cells": "global_first"},
+    ]
+
+
 # SmolLM2-135M-Instruct: Llama layout, tied input and output embeddings.
 SMOLLM2_135M = dict(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, theta=1e5,
                     max_positions=8192)
@@ -251,6 +262,7 @@ PRESETS = {
         "image_grid": [2, 2],
         "use_skip_tokens": True,
         "tie_word_embeddings": True,
+        "reader_words": demo_reader_words(),
     },
     # Tiny random models for tests and benchmarks: real geometry and token counts, small widths.
     "tiny-random": lambda: {"text_config": llama(64, 128, 2, 4, 2, vocab=512), **tiny_encoders(), **SPHINX_X_CANVAS},

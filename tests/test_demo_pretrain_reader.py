@@ -8,6 +8,7 @@ import torch
 
 import sphinx_x
 from sphinx_x import demo
+from sphinx_x.presets import preset_config
 from sphinx_x.training.demo.init_projector import word_embedding
 from sphinx_x.training.demo.pretrain_reader import (
     LABEL_CHANNELS,
@@ -79,3 +80,17 @@ def test_pretrain_replaces_the_reader_in_place(tmp_path):
     assert not torch.equal(after["model.embeddings.patch_embeddings.weight"],
                            before["model.embeddings.patch_embeddings.weight"])
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no temporary folder left behind
+
+
+def test_the_demo_gates_read_the_reader_label_words():
+    """The demo preset's `reader_words` gates hand the LLM the pretrained reader's digit and count words."""
+    gates = preset_config("sphinx-x-demo").reader_words
+    tokenizer = sphinx_x.SphinxXProcessor.from_pretrained(demo.demo_model_path()).tokenizer
+    words = label_words()
+    assert [gate["cells"] for gate in gates] == ["all", "global_first"]
+    for gate, kind in zip(gates, ("digit", "count")):
+        assert gate["channels"] == list(LABEL_CHANNELS[kind])
+        word_ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in words[kind][1:]]
+        assert gate["token_ids"] == [ids[0] for ids in word_ids] and all(len(ids) == 1 for ids in word_ids)
+    # The question writes the digit with the same token: "labeled 3?" -> "labeled", " ", "3", "?".
+    assert gates[0]["token_ids"][2] in tokenizer("What color is the shape labeled 3?")["input_ids"]

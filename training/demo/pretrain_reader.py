@@ -6,7 +6,9 @@ One-stage training alone never taught the small, fresh ConvNeXt to read Set-of-M
 it through a few answer words per image). Here it learns from a label at every view cell instead. The reader's own
 first output channels are the logits of those labels (`LABEL_CHANNELS`), so that a linear projector can hand the LLM
 the words themselves (`reader_columns`): a least-squares map from free features onto word embeddings blurs them
-(docs/demo_model.md). Labels per cell, class 0 meaning "none":
+(docs/demo_model.md). The demo preset's `reader_words` gates go further for the digit and the count: where the reader
+reads one, the LLM receives that word alone in place of the token (`SphinxXConfig.reader_words`); one-stage training
+then keeps the reader as it is (`freeze.vision_encoder_learning_rate: 0`). Labels per cell, class 0 meaning "none":
 
 - the digit of the Set-of-Mark label whose centre is in the cell (none in the global view, where a digit is about
   5 pixels tall);
