@@ -406,14 +406,15 @@ class SphinxXModel(SphinxXPreTrainedModel):
             )
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
+        grid_encoders = self.grid_encoders()
         encoder_outputs = [
             encoder(self.encoder_views(pixel_values, view_size, view_mask), **kwargs)
-            for encoder, view_size in self.grid_encoders()
+            for encoder, view_size in grid_encoders
         ]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
         if config.reader_words:
-            reader_states = encoder_outputs[[encoder for encoder, _ in self.grid_encoders()].index(self.convnext)]
-            view_tokens = self.read_words(view_tokens, reader_states.last_hidden_state, view_mask)
+            reader = next(out for (encoder, _), out in zip(grid_encoders, encoder_outputs) if encoder is self.convnext)
+            view_tokens = self.read_words(view_tokens, reader.last_hidden_state, view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             qformer_outputs = self.qformer(qformer_views, **kwargs)
