@@ -11,8 +11,6 @@ from sphinx_x import demo
 from sphinx_x.presets import preset_config
 from sphinx_x.training.demo.init_projector import word_embedding
 from sphinx_x.training.demo.pretrain_reader import (
-    CHARACTERS,
-    IGNORED,
     LABEL_CHANNELS,
     label_words,
     marked_scene,
@@ -20,7 +18,6 @@ from sphinx_x.training.demo.pretrain_reader import (
     reader_columns,
     view_labels,
 )
-from sphinx_x.training.synthetic.render import advance
 from sphinx_x.training.synthetic.scene import COLORS
 
 
@@ -28,9 +25,8 @@ def test_view_labels_put_each_fact_in_its_cell():
     config = sphinx_x.SphinxXConfig.from_pretrained(demo.demo_model_path())  # 224-px canvas, 2x2 tiles, 8x8 cells
     square = {"box": [20, 20, 48, 48], "shape": "square", "color": "blue", "mark": 5, "text": ""}
     triangle = {"box": [140, 140, 182, 182], "shape": "triangle", "color": "red", "mark": 2, "text": ""}
-    # [views, (digit, colour, shape, count, character), 64]
-    labels = view_labels(config, [square, triangle], 1.0, [True] * 5)
-    assert labels.shape == (5, 5, 64)
+    labels = view_labels(config, [square, triangle], 1.0, [True] * 5)  # [views, (digit, colour, shape, count), 64]
+    assert labels.shape == (5, 4, 64)
     # Tile views have 14-px cells: the square's centre (34, 34) is cell (2, 2) of the top-left tile; the
     # triangle's label sits at its centroid (161, 168), cell (4, 3) of the bottom-right tile (offset 112).
     assert labels[1, 0, 2 * 8 + 2] == 5 and labels[4, 0, 4 * 8 + 3] == 2
@@ -41,26 +37,6 @@ def test_view_labels_put_each_fact_in_its_cell():
     # Count classes are 1 + the number of shapes whose centre is inside; it lives at the top-left cell only.
     assert labels[0, 3, 0] == 3 and labels[1, 3, 0] == 2 and labels[2, 3, 0] == 1
     assert not labels[:, 3, 1:].any()
-    assert not labels[:, 4].any()  # no text drawn
-
-
-def test_view_labels_put_each_character_at_its_advance_centre():
-    config = sphinx_x.SphinxXConfig.from_pretrained(demo.demo_model_path())
-    font = ("DejaVuSansMono.ttf", 20)
-    width = advance(*font, "K")  # a monospaced font: every character advances the same
-    # "ID: K7" from x = 0 at the top of the bottom-left tile (y = 112 .. 112 + line): a space and a colon get no label.
-    line = {"box": [0.0, 112.0, 6 * width, 136.0], "text": "ID: K7", "shape": "", "color": "", "mark": 0}
-    labels = view_labels(config, [line], 1.0, [True] * 5, font)
-    row = int((124 - 112) // 14)
-    expected = {int((index + 0.5) * width // 14): char for index, char in enumerate("ID: K7") if char in CHARACTERS}
-    assert len(expected) == 4  # at 12 px per character these four land in four cells
-    for col, char in expected.items():
-        assert labels[3, 4, row * 8 + col] == CHARACTERS.index(char) + 1
-    assert (labels[3, 4] > 0).sum() == 4 and not labels[[0, 1, 2, 4], 4].any()  # tiles only, this tile only
-    # Two characters' centres in one cell: the cell teaches nothing.
-    crowded = view_labels(config, [dict(line, text="KK", box=[0.0, 112.0, 12.0, 136.0])], 1.0, [True] * 5,
-                          ("DejaVuSansMono.ttf", 10))
-    assert crowded[3, 4, row * 8] == IGNORED
 
 
 def test_marked_scenes_use_every_digit():
@@ -87,7 +63,7 @@ def test_reader_columns_hand_the_llm_the_winning_word():
         token = columns @ logits
         similarity = torch.nn.functional.cosine_similarity(token[None], embeddings - embeddings.mean(0), dim=-1)
         assert similarity.argmax().item() == digit - 1
-    assert not columns[:, LABEL_CHANNELS["char"][1]:].any()  # channels past the labels are free: silent
+    assert not columns[:, LABEL_CHANNELS["count"][1]:].any()  # channels past the labels are free: silent
     assert columns.shape == (hidden, model.config.convnext_config.hidden_sizes[-1])
 
 
@@ -96,39 +72,14 @@ def test_pretrain_replaces_the_reader_in_place(tmp_path):
     shutil.copytree(demo.demo_model_path(), folder)
     before = sphinx_x.SphinxXForConditionalGeneration.from_pretrained(folder).model.convnext.state_dict()
     report = pretrain(folder, images=30, steps=3, batch=8)
-    assert set(report) >= {"held-out digit", "held-out color", "held-out global count", "held-out character"}
+    assert set(report) >= {"held-out digit", "held-out color", "held-out global count"}
     model = sphinx_x.SphinxXForConditionalGeneration.from_pretrained(folder)
     after = model.model.convnext.state_dict()
-    assert model.model.visual_projector.linear.weight[:, :LABEL_CHANNELS["char"][1]].abs().sum() > 0
+    assert model.model.visual_projector.linear.weight[:, :LABEL_CHANNELS["count"][1]].abs().sum() > 0
     assert after.keys() == before.keys()
     assert not torch.equal(after["model.embeddings.patch_embeddings.weight"],
                            before["model.embeddings.patch_embeddings.weight"])
     assert not any(path.name.startswith(".") for path in tmp_path.iterdir())  # no temporary folder left behind
-
-
-def test_pretrain_can_go_on_from_the_current_reader_and_add_a_kind(tmp_path):
-    """`keep`: the reader goes on from its weights, and only the new kind's projector columns are set."""
-    folder = tmp_path / "demo"
-    shutil.copytree(demo.demo_model_path(), folder)
-    before = sphinx_x.SphinxXForConditionalGeneration.from_pretrained(folder)
-    report = pretrain(folder, images=30, steps=2, batch=8, learning_rate=1e-4,
-                      keep=("digit", "color", "shape", "count"))
-    assert "held-out character" in report
-    after = sphinx_x.SphinxXForConditionalGeneration.from_pretrained(folder)
-    first, last = LABEL_CHANNELS["char"]
-    old, new = before.model.visual_projector.linear.weight, after.model.visual_projector.linear.weight
-    assert torch.equal(old[:, :first], new[:, :first]) and torch.equal(old[:, last:], new[:, last:])
-    tokenizer = sphinx_x.SphinxXProcessor.from_pretrained(folder).tokenizer
-    assert torch.allclose(new[:, first:last], reader_columns(after, tokenizer)[:, first:last])
-    weight = "model.embeddings.patch_embeddings.weight"
-    change = (after.model.convnext.state_dict()[weight] - before.model.convnext.state_dict()[weight]).abs().max()
-    assert 0 < change < 1e-2  # two small steps from the same weights, not a fresh reader
-    try:
-        pretrain(folder, images=2, steps=1, batch=2, keep=("letters",))
-    except ValueError as error:
-        assert "letters" in str(error)
-    else:
-        raise AssertionError("an unknown label kind was accepted")
 
 
 def test_the_demo_gates_read_the_reader_label_words():

@@ -1,6 +1,6 @@
 """Teach the demo's ConvNeXt reader to read before one-stage training: dense labels on synthetic scenes.
 
-    python -m sphinx_x.training.demo.pretrain_reader MODEL [--images 6000] [--steps 1400] [--keep KIND ...]
+    python -m sphinx_x.training.demo.pretrain_reader MODEL [--images 6000] [--steps 1400]
 
 One-stage training alone never taught the small, fresh ConvNeXt to read Set-of-Mark digits (the LLM's loss reaches
 it through a few answer words per image). Here it learns from a label at every view cell instead. The reader's own
@@ -13,23 +13,17 @@ then keeps the reader as it is (`freeze.vision_encoder_learning_rate: 0`). Label
 - the digit of the Set-of-Mark label whose centre is in the cell (none in the global view, where a digit is about
   5 pixels tall);
 - the colour and the kind of the shape under the cell's centre;
-- at the top-left cell only, the number of shapes whose centre lies in the view (in the global view: the image);
-- the letter or digit (`CHARACTERS`) of a text line whose advance centre is in the cell (tile views only; a cell
-  holding two characters' centres teaches nothing: its label is ignored).
+- at the top-left cell only, the number of shapes whose centre lies in the view (in the global view: the image).
 
 Set-of-Mark scenes here draw their labels from 1-6 (the chat data numbers shapes 1..n, so 4-6 are rare there and a
 reader trained on it confuses them with 3). The reader starts fresh; MODEL's ConvNeXt is replaced and the projector's
 ConvNeXt columns set to `reader_columns`, in place (safely: a temporary folder, then a rename); run it after
-`init_projector`, which silences those columns. With `--keep KIND...`, the reader instead goes on from MODEL's, which
-already reads those kinds, and learns the others: its channels past the labels are held to their values (a trained
-projector reads them) and only the new kinds' projector columns are set.
+`init_projector`, which silences those columns.
 """
 
 import argparse
-import copy
 import math
 import random
-import string
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -38,23 +32,17 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from ..synthetic.render import advance
 from ..synthetic.scene import COLORS, SHAPES, draw_mark, make_scene, mark_center
 from .init_projector import save_in_place, token_regions
 
 
 MAX_COUNT = 7
 # (first, last + 1) output channels of each label kind; class 0 of each is "none".
-CHARACTERS = string.ascii_uppercase + string.ascii_lowercase + string.digits  # SmolLM2: one token each
-LABEL_CHANNELS = {"digit": (0, 7), "color": (7, 16), "shape": (16, 22), "count": (22, 31),
-                  "char": (31, 32 + len(CHARACTERS))}
-IGNORED = -100  # a label that teaches nothing (`F.cross_entropy`'s ignore_index)
-# Scenes the reader learns from (Set-of-Mark scenes carry the digits, the others colour, kind and count, text the
-# characters).
-SCENES = {"som_color": 0.45, "count": 0.12, "shape_color": 0.04, "grounding_rec": 0.04, "ocr_code": 0.2,
-          "ocr_word": 0.1, "ocr_number": 0.05}
-LOSS_WEIGHTS = {"digit": 3.0, "color": 0.3, "shape": 0.3, "count": 0.6, "char": 3.0}
-EMPTY_CELL_WEIGHT = 0.1  # "no digit / count / character here" is 30-60 times as common as any one of them
+LABEL_CHANNELS = {"digit": (0, 7), "color": (7, 16), "shape": (16, 22), "count": (22, 31)}
+# Scenes the reader learns from (Set-of-Mark scenes carry the digits, the others colour, kind and count).
+SCENES = {"som_color": 0.7, "count": 0.2, "shape_color": 0.05, "grounding_rec": 0.05}
+LOSS_WEIGHTS = {"digit": 3.0, "color": 0.3, "shape": 0.3, "count": 0.6}
+EMPTY_CELL_WEIGHT = 0.1  # "no digit / no count here" is 30-60 times as common as any digit
 READER_SHARE = 0.5  # a confident cell's words, as a share of a LayerNorm-normalised vector (pre-LayerNorm)
 CONFIDENT_LOGIT = 6.0  # a pretrained reader's winning digit logit (measured: 6.6 on average, the others -1.1)
 
@@ -62,7 +50,7 @@ CONFIDENT_LOGIT = 6.0  # a pretrained reader's winning digit logit (measured: 6.
 def label_words() -> dict[str, list[str | None]]:
     """The word each label class stands for (`None` for "none"), per kind, in channel order."""
     return {"digit": [None] + [str(k) for k in range(1, 7)], "color": [None, *COLORS], "shape": [None, *SHAPES],
-            "count": [None] + [str(k) for k in range(MAX_COUNT + 1)], "char": [None, *CHARACTERS]}
+            "count": [None] + [str(k) for k in range(MAX_COUNT + 1)]}
 
 
 def marked_scene(rng: random.Random):
@@ -78,29 +66,12 @@ def marked_scene(rng: random.Random):
     return SimpleNamespace(image=image, objects=objects)
 
 
-def character_centres(line: dict, font: tuple[str, int], scale: float) -> list[tuple[str, float, float]]:
-    """`(character, x, y)` canvas centres of a drawn text line's letters and digits, from the font's advances (the
-    line's box starts at its origin and spans its advance width)."""
-    x1, y1, _, y2 = (value * scale for value in line["box"])
-    centres, x = [], x1
-    for char in line["text"]:
-        width = advance(*font, char) * scale
-        if char in CHARACTERS:
-            centres.append((char, x + width / 2, (y1 + y2) / 2))
-        x += width
-    return centres
-
-
-def view_labels(config, objects: list[dict], scale: float, view_mask: list[bool],
-                font: tuple[str, int] | None = None) -> torch.Tensor:
-    """`[kept views, 5, g*g]` label classes (digit, colour, shape, count, character; 0 for none, `IGNORED` where a
-    cell holds two characters) for the drawn `objects` (boxes in image pixels, `scale` canvas pixels per image
-    pixel; text lines drawn in `font`, `(file name, size)`), views in the model's order."""
+def view_labels(config, objects: list[dict], scale: float, view_mask: list[bool]) -> torch.Tensor:
+    """`[kept views, 4, g*g]` label classes (digit, colour, shape, count; 0 for none) for the drawn `objects` (boxes
+    in image pixels, `scale` canvas pixels per image pixel), views in the model's order."""
     grid = config.dinov2_config.image_size // config.dinov2_config.patch_size
     regions = [region for region, keep in zip(token_regions(config), view_mask) if keep]
-    labels = torch.zeros(len(regions), 5, grid * grid, dtype=torch.long)
-    characters = [centre for drawn in objects if drawn["text"] and font
-                  for centre in character_centres(drawn, font, scale)]
+    labels = torch.zeros(len(regions), 4, grid * grid, dtype=torch.long)
     shapes = [drawn for drawn in objects if drawn["shape"]]
     centres = [[value * scale for value in mark_center(drawn["shape"], drawn["box"])] for drawn in shapes]
     middles = torch.arange(grid, dtype=torch.float64) + 0.5
@@ -117,11 +88,6 @@ def view_labels(config, objects: list[dict], scale: float, view_mask: list[bool]
                 labels[view, 0, row * grid + col] = drawn["mark"]
         inside = sum(left <= cx < left + grid * cell and top <= cy < top + grid * cell for cx, cy in centres)
         labels[view, 3, 0] = min(inside, MAX_COUNT) + 1
-        for char, cx, cy in characters if view > 0 else ():
-            row, col = int((cy - top) // cell), int((cx - left) // cell)
-            if 0 <= row < grid and 0 <= col < grid:
-                index = row * grid + col
-                labels[view, 4, index] = IGNORED if labels[view, 4, index] else CHARACTERS.index(char) + 1
     return labels
 
 
@@ -144,32 +110,24 @@ def reader_examples(model, processor, images: int, seed: int, split: str):
         view_mask = torch.cat([torch.ones(1, 1, dtype=torch.bool), inputs["image_tile_mask"].bool()], dim=1)
         views.append(model.model.encoder_views(inputs["pixel_values"], config.convnext_config.image_size, view_mask))
         scale = config.tile_size * config.image_grid[0] / max(sample.image.size)
-        details = getattr(sample, "details", None) or {}
-        font = (details["font"], details["font_size"]) if "font" in details else None
-        labels.append(view_labels(config, sample.objects, scale, view_mask[0].tolist(), font))
+        labels.append(view_labels(config, sample.objects, scale, view_mask[0].tolist()))
         is_global += [True] + [False] * (len(labels[-1]) - 1)
     return torch.cat(views).half(), torch.cat(labels), torch.tensor(is_global)
 
 
-def label_logits(cells: torch.Tensor) -> list[torch.Tensor]:
-    """`[N, g*g, classes]` logits per label kind (`LABEL_CHANNELS`) of the reader's grid cells `[N, g*g, C]`."""
+def label_logits(reader, views: torch.Tensor) -> list[torch.Tensor]:
+    """`[N, g*g, classes]` logits per label kind (`LABEL_CHANNELS`) of the reader's grid cells."""
+    cells = reader(views.float()).last_hidden_state[:, 1:]  # the grid, without the mean token
     return [cells[..., first:last] for first, last in LABEL_CHANNELS.values()]
 
 
-def grid_states(reader, views: torch.Tensor) -> torch.Tensor:
-    """`[N, g*g, C]`: the reader's output at its grid cells (without the mean token)."""
-    return reader(views.float()).last_hidden_state[:, 1:]
-
-
-def reader_loss(cells: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """The weighted label losses of the reader's grid output `cells` `[N, g*g, C]`."""
+def reader_loss(reader, views: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     total = 0.0
-    for kind, (logits, weight) in enumerate(zip(label_logits(cells), LOSS_WEIGHTS.values())):
+    for kind, (logits, weight) in enumerate(zip(label_logits(reader, views), LOSS_WEIGHTS.values())):
         class_weight = torch.ones(logits.shape[-1])
-        if kind in (0, 3, 4):  # digits, counts and characters: most cells have none
+        if kind in (0, 3):  # digits and counts: most cells have none
             class_weight[0] = EMPTY_CELL_WEIGHT
-        total = total + weight * F.cross_entropy(logits.flatten(0, 1), labels[:, kind].flatten(), weight=class_weight,
-                                                 ignore_index=IGNORED)
+        total = total + weight * F.cross_entropy(logits.flatten(0, 1), labels[:, kind].flatten(), weight=class_weight)
     return total
 
 
@@ -178,13 +136,11 @@ def reader_accuracy(reader, views, labels, is_global, batch: int = 128) -> dict:
     """Held-out accuracy: the digit at label cells, the colour at shape cells, the count at the global views'
     top-left cells (the number of shapes in the image)."""
     logits = [torch.cat(parts) for parts in zip(*(
-        label_logits(grid_states(reader, views[start:start + batch])) for start in range(0, len(views), batch)))]
-    digit, color, _, count, char = (part.argmax(-1) for part in logits)
-    digits, colors, chars = labels[:, 0] > 0, labels[:, 1] > 0, labels[:, 4] > 0
+        label_logits(reader, views[start:start + batch]) for start in range(0, len(views), batch)))]
+    digit, color, _, count = (part.argmax(-1) for part in logits)
+    digits, colors = labels[:, 0] > 0, labels[:, 1] > 0
     return {
         "digit": (digit[digits] == labels[:, 0][digits]).float().mean().item(),
-        "character": (char[chars] == labels[:, 4][chars]).float().mean().item(),
-        "character fired off text": (char[labels[:, 4] == 0] > 0).float().mean().item(),
         "color": (color[colors] == labels[:, 1][colors]).float().mean().item(),
         "global count": (count[is_global, 0] == labels[is_global, 3, 0]).float().mean().item(),
     }
@@ -209,22 +165,13 @@ def reader_columns(model, tokenizer, share: float = READER_SHARE) -> torch.Tenso
 
 
 def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int = 64, learning_rate: float = 2e-3,
-             seed: int = 0, keep: tuple[str, ...] = ()) -> dict:
+             seed: int = 0) -> dict:
     """Train a fresh ConvNeXt reader for `model_dir`, point the projector's ConvNeXt columns at its label words
-    (see the module docstring) and save the model in place.
-
-    `keep`: label kinds that `model_dir`'s reader already reads (e.g. `("digit", "color", "shape", "count")` before
-    characters were added). The reader then goes on from its current weights instead of starting fresh, its
-    channels past the labels are held to their current values (the trained projector reads them), and only the
-    projector columns of the new kinds are set."""
+    (see the module docstring) and save the model in place."""
     from transformers import AutoModelForImageTextToText, AutoProcessor, ConvNextModel
 
     import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
 
-    unknown = set(keep) - set(LABEL_CHANNELS)
-    if unknown:
-        raise ValueError(f"--keep names unknown label kinds {sorted(unknown)}; "
-                         f"choose from {', '.join(LABEL_CHANNELS)}.")
     model_dir = Path(model_dir).resolve()
     torch.manual_seed(seed)
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
@@ -234,12 +181,7 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
     train = reader_examples(model, processor, images, seed=seed + 4, split="train")
     heldout = reader_examples(model, processor, max(images // 30, 10), seed=seed + 5, split="heldout")
     reader = model.model.convnext
-    if keep:
-        # The channels past the labels stay as the trained projector knows them.
-        anchor = copy.deepcopy(reader).eval().requires_grad_(False)
-    else:
-        reader.model = ConvNextModel(reader.model.config)  # fresh: it learns to read from the dense labels
-    free = max(last for _, last in LABEL_CHANNELS.values())
+    reader.model = ConvNextModel(reader.model.config)  # fresh: it learns to read from the dense labels
     optimizer = torch.optim.AdamW(reader.parameters(), lr=learning_rate, weight_decay=0.05)
     warmup = max(1, min(100, steps // 10))
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -249,24 +191,15 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
     started = time.time()
     for _ in tqdm(range(steps), desc="reader", unit="step"):
         chosen = torch.randint(len(train[0]), (batch,), generator=generator)
-        cells = grid_states(reader, train[0][chosen])
-        loss = reader_loss(cells, train[1][chosen])
-        if keep:
-            loss = loss + F.mse_loss(cells[..., free:], grid_states(anchor, train[0][chosen])[..., free:])
+        loss = reader_loss(reader, train[0][chosen], train[1][chosen])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
     reader.eval()
     projector = model.model.visual_projector.linear
-    columns = reader_columns(model, processor.tokenizer)
     with torch.no_grad():
-        if keep:
-            for kind, (first, last) in LABEL_CHANNELS.items():
-                if kind not in keep:
-                    projector.weight[:, first:last] = columns[:, first:last]
-        else:
-            projector.weight[:, :columns.shape[1]] = columns
+        projector.weight[:, :reader.model.config.hidden_sizes[-1]] = reader_columns(model, processor.tokenizer)
     report = {"train views": len(train[0]), "steps": steps, "minutes": round((time.time() - started) / 60, 1),
               **{f"held-out {name}": round(value, 4) for name, value in reader_accuracy(reader, *heldout).items()}}
     save_in_place(model, processor, model_dir)
@@ -280,12 +213,9 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=1400, help="training steps of --batch views")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--learning-rate", type=float, default=2e-3)
-    parser.add_argument("--keep", nargs="+", default=[], metavar="KIND",
-                        help="label kinds MODEL's reader already reads: go on from it and teach the others "
-                             "(e.g. --keep digit color shape count)")
     args = parser.parse_args(argv)
     try:
-        report = pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate, keep=tuple(args.keep))
+        report = pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate)
     except (OSError, ValueError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     for key, value in report.items():
