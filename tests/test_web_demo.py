@@ -71,9 +71,10 @@ def stop(server: subprocess.Popen) -> str:
 def test_a_chat_turn_streams_then_draws_and_the_next_turn_continues_the_conversation():
     model, processor = load_model(None)
     image = PIL.Image.open(EXAMPLE)
-    # A first turn streams: the answer grows over several updates (streamers emit whole words; the demo names what
-    # it sees in one word, so the question asks for a sentence), each a prefix of the final one.
-    first = "Write one sentence about the color red."
+    # A first turn streams: the answer grows over several updates (streamers emit whole words; with an image, the
+    # demo answers what touches the picture in one word, even "Write one sentence about the color red.", so the
+    # question asks for a fact from elsewhere), each a prefix of the final one.
+    first = "Tell me a fun fact about cats."
     updates = list(respond(model, processor, None, 40, first, image, [], []))
     states = [update[0][-1]["content"] for update in updates]
     assert len({state for state in states if state}) >= 2 and all(states[-1].startswith(state) for state in states)
