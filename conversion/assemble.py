@@ -54,6 +54,7 @@ LLM_FORMATS = {
 # Presets whose ConvNeXt expert is new (a small reader trained with the rest), not a published checkpoint.
 FRESH_CONVNEXT = {"sphinx-x-demo"}
 CONVNEXT_PREFIX = "model.convnext."
+CHAR_READER_PREFIX = "model.char_reader."  # a preset's character reader is always new (the demo's)
 # Parameters no part provides: initialised by the model, trained by one-stage training.
 NEW_PARAMETERS = {
     "model.visual_projector.linear.weight",
@@ -394,7 +395,8 @@ def assemble(
             f"{list(expected)} ({len(info['mismatched_keys'])} mismatched tensor(s)). Use the config.json that came "
             "with those weights."
         )
-    fresh = NEW_PARAMETERS | {key for key in info["missing_keys"] if not trunk and key.startswith(CONVNEXT_PREFIX)}
+    fresh = NEW_PARAMETERS | {key for key in info["missing_keys"] if (not trunk and key.startswith(CONVNEXT_PREFIX))
+                              or key.startswith(CHAR_READER_PREFIX)}
     missing = set(info["missing_keys"]) - fresh
     if missing or info["unexpected_keys"]:
         raise ConversionError(

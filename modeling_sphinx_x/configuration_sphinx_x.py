@@ -62,13 +62,17 @@ class SphinxXConfig(PreTrainedConfig):
             checkpoints have it (their tokenizer appends `<image>`, their logits keep the reference's shape); such an
             id embeds as row 0 when no image fills it. See `SphinxXModel.embed_input_ids`.
         projector_layer_norm_eps (`float`): epsilon of the LayerNorm that follows each projection.
-        reader_words (`list[dict]`, *optional*): word gates on the ConvNeXt expert, for a ConvNeXt trained to read
-            labels per grid cell (the embedded demo model). Each gate is `{"channels": [first, last], "token_ids":
-            [...], "cells": "all" | "global_first"}`: ConvNeXt output channels `first..last-1` are the logits of
-            "none" followed by one word per token id. At every grid token (`"all"`), or only at the first grid token
-            of each image's global view (`"global_first"`), the fused token becomes `p_none * token + sum_k p_k *
-            embedding(token_ids[k])`: where the reader reads a word, the LLM receives that word. Released
-            checkpoints have none.
+        char_reader_config (`dict` or `PreTrainedConfig`, *optional*): a ConvNeXt (`convnext`) that names the
+            character at each grid cell of a view (the embedded demo model reads printed codes with it). Its
+            `num_labels` logits ("none", then one per character) feed only `reader_words` gates, not the projector.
+        reader_words (`list[dict]`, *optional*): word gates on readers trained to read labels per grid cell (the
+            embedded demo model). Each gate is `{"reader": "convnext" | "char_reader", "channels": [first, last],
+            "token_ids": [...], "cells": "all" | "global_first" | "tiles"}`: the reader's output channels
+            `first..last-1` (the ConvNeXt expert's, or the character reader's logits) are the logits of "none"
+            followed by one word per token id. At every grid token (`"all"`), only at the first grid token of each
+            image's global view (`"global_first"`), or at every grid token of the tile views (`"tiles"`), the fused
+            token becomes `p_none * token + sum_k p_k * embedding(token_ids[k])`: where the reader reads a word, the
+            LLM receives that word. Released checkpoints have none.
     """
 
     model_type = "sphinx_x"
@@ -78,6 +82,7 @@ class SphinxXConfig(PreTrainedConfig):
         "dinov2_config": SubConfigSpec(config_class=AutoConfig, model_type="dinov2", optional=True),
         "clip_config": SubConfigSpec(config_class=AutoConfig, model_type="clip_vision_model", optional=True),
         "qformer_config": SubConfigSpec(config_class=AutoConfig, model_type="blip-2", optional=True),
+        "char_reader_config": SubConfigSpec(config_class=AutoConfig, model_type="convnext", optional=True),
     }
 
     text_config: dict | PreTrainedConfig | None = None
@@ -85,6 +90,7 @@ class SphinxXConfig(PreTrainedConfig):
     dinov2_config: dict | PreTrainedConfig | None = None
     clip_config: dict | PreTrainedConfig | None = None
     qformer_config: dict | PreTrainedConfig | None = None
+    char_reader_config: dict | PreTrainedConfig | None = None
     tile_size: int = 512
     image_grid: list[int] | tuple[int, int] = (2, 2)
     use_skip_tokens: bool = True
@@ -126,20 +132,29 @@ class SphinxXConfig(PreTrainedConfig):
         self.check_reader_words()
 
     def check_reader_words(self) -> None:
-        """Each `reader_words` gate reads an existing ConvNeXt channel range of "none" plus one logit per word."""
+        """Each `reader_words` gate reads an existing reader's channel range of "none" plus one logit per word."""
+        readers = {"convnext": self.convnext_config, "char_reader": self.char_reader_config}
         for gate in self.reader_words or []:
-            if self.convnext_config is None:
-                raise ValueError("`reader_words` gates read the ConvNeXt expert's channels, but the config has no "
-                                 "convnext_config. Remove `reader_words` or add the ConvNeXt reader.")
-            (first, last), channels = gate["channels"], self.convnext_config.hidden_sizes[-1]
+            reader = gate.get("reader", "convnext")
+            if reader not in readers or readers[reader] is None:
+                raise ValueError(f"The `reader_words` gate {gate} reads {reader!r}, which this config does not have. "
+                                 "Set its \"reader\" to \"convnext\" or \"char_reader\" and add that reader's config.")
+            config = readers[reader]
+            channels = config.num_labels if reader == "char_reader" else config.hidden_sizes[-1]
+            first, last = gate["channels"]
             if not 0 <= first < last <= channels or len(gate["token_ids"]) != last - first - 1:
                 raise ValueError(
                     f"The `reader_words` gate {gate} is malformed: channels [first, last] must lie within the "
-                    f"ConvNeXt's {channels} output channels and hold 'none' plus one channel per token id. Fix the "
+                    f"{reader}'s {channels} output channels and hold 'none' plus one channel per token id. Fix the "
                     "gate's channels or token_ids."
                 )
-            if gate.get("cells") not in ("all", "global_first"):
-                raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\" or \"global_first\".")
+            if gate.get("cells") not in ("all", "global_first", "tiles"):
+                raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\", \"global_first\" or "
+                                 "\"tiles\".")
+        reader = self.char_reader_config
+        if reader is not None and self.token_grid_size % (reader.image_size // (reader.patch_size * 8)):
+            raise ValueError("The character reader's grid must divide the token grid: check char_reader_config's "
+                             "image_size and patch_size (a 4-stage ConvNeXt's grid is image_size / (patch_size * 8)).")
 
     def grid_encoder_configs(self) -> dict:
         """Grid encoders in channel-concatenation order (CLIP | ConvNeXt | DINOv2); `None` when absent."""

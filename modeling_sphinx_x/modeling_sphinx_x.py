@@ -153,6 +153,20 @@ class SphinxXConvNextEncoder(nn.Module):
         return BaseModelOutput(last_hidden_state=torch.cat([tokens.mean(dim=1, keepdim=True), tokens], dim=1))
 
 
+class SphinxXCharReader(nn.Module):
+    """A ConvNeXt trunk with a linear head that names the character at each grid cell (the demo model's code reader).
+    Its logits feed only `reader_words` gates (`SphinxXConfig.char_reader_config`)."""
+
+    def __init__(self, config, token_grid_size: int):
+        super().__init__()
+        self.encoder = SphinxXConvNextEncoder(config, token_grid_size)
+        self.head = nn.Linear(config.hidden_sizes[-1], config.num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """`[N, 3, S, S]` -> `[N, 1 + g*g, num_labels]` logits: of the mean token, then of the row-major grid."""
+        return self.head(self.encoder(pixel_values).last_hidden_state)
+
+
 class SphinxXDinov2Encoder(nn.Module):
     """DINOv2 on HF `Dinov2Model`; inputs arrive CLIP-normalised and are re-normalised to DINOv2 statistics."""
 
@@ -305,6 +319,9 @@ class SphinxXModel(SphinxXPreTrainedModel):
         self.convnext = SphinxXConvNextEncoder(config.convnext_config, grid) if config.convnext_config else None
         self.dinov2 = SphinxXDinov2Encoder(config.dinov2_config) if config.dinov2_config is not None else None
         self.qformer = SphinxXQFormerEncoder(config.qformer_config) if config.qformer_config is not None else None
+        self.char_reader = (
+            SphinxXCharReader(config.char_reader_config, grid) if config.char_reader_config is not None else None
+        )
 
         hidden_size = config.text_config.hidden_size
         eps = config.projector_layer_norm_eps
@@ -346,12 +363,13 @@ class SphinxXModel(SphinxXPreTrainedModel):
             return base_views
         return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
 
-    def read_words(self, view_tokens: torch.Tensor, reader_states: torch.Tensor, view_mask: torch.Tensor):
-        """Apply the `config.reader_words` gates: where the ConvNeXt reader reads a word, the token becomes it.
+    def read_words(self, view_tokens: torch.Tensor, reader_states: dict, view_mask: torch.Tensor) -> torch.Tensor:
+        """Apply the `config.reader_words` gates: where a reader reads a word, the token becomes it.
 
         Args:
             view_tokens: `[n_views, 1 + g*g, hidden]` projected tokens (global token, then the row-major grid).
-            reader_states: `[n_views, 1 + g*g, C]` the ConvNeXt's output (mean token, then the grid).
+            reader_states: per reader name (`"convnext"`, `"char_reader"`), `[n_views, 1 + g*g, C]` its output (mean
+                token, then the grid).
             view_mask: `[B, 1 + num_tiles]` bool, the encoded views of each image (its global view first).
 
         Returns:
@@ -360,16 +378,21 @@ class SphinxXModel(SphinxXPreTrainedModel):
         embeddings = self.get_input_embeddings().weight
         kept = view_mask.sum(dim=1)
         global_views = kept.cumsum(dim=0) - kept
+        is_global = torch.zeros(view_tokens.shape[0], dtype=torch.bool, device=view_tokens.device)
+        is_global[global_views] = True
         grid = view_tokens[:, 1:]
         for gate in self.config.reader_words:
             first, last = gate["channels"]
-            probabilities = reader_states[:, 1:, first:last].float().softmax(dim=-1)
+            states = reader_states[gate.get("reader", "convnext")]
+            probabilities = states[:, 1:, first:last].float().softmax(dim=-1)
             words = probabilities[..., 1:] @ embeddings[gate["token_ids"]].float()
             gated = (probabilities[..., :1] * grid.float() + words).to(grid.dtype)
             if gate["cells"] == "global_first":
                 cells = torch.zeros(grid.shape[:2], dtype=torch.bool, device=grid.device)
                 cells[global_views, 0] = True
                 gated = torch.where(cells[..., None], gated, grid)
+            elif gate["cells"] == "tiles":
+                gated = torch.where(is_global[:, None, None], grid, gated)
             grid = gated
         return torch.cat([view_tokens[:, :1], grid], dim=1)
 
@@ -413,8 +436,15 @@ class SphinxXModel(SphinxXPreTrainedModel):
         ]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
         if config.reader_words:
-            reader = next(out for (encoder, _), out in zip(grid_encoders, encoder_outputs) if encoder is self.convnext)
-            view_tokens = self.read_words(view_tokens, reader.last_hidden_state, view_mask)
+            readers = {}
+            if self.convnext is not None:
+                convnext = next(out for (encoder, _), out in zip(grid_encoders, encoder_outputs)
+                                if encoder is self.convnext)
+                readers["convnext"] = convnext.last_hidden_state
+            if self.char_reader is not None:
+                char_views = self.encoder_views(pixel_values, config.char_reader_config.image_size, view_mask)
+                readers["char_reader"] = self.char_reader(char_views)
+            view_tokens = self.read_words(view_tokens, readers, view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             qformer_outputs = self.qformer(qformer_views, **kwargs)

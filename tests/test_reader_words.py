@@ -1,5 +1,6 @@
-"""`SphinxXConfig.reader_words`: where a ConvNeXt trained to read labels reads a word, the LLM receives that word's
-input embedding in place of the fused token (the embedded demo model's Set-of-Mark digits and its count)."""
+"""`SphinxXConfig.reader_words`: where a reader trained to read labels reads a word, the LLM receives that word's
+input embedding in place of the fused token (the embedded demo model's Set-of-Mark digits and its count from the
+ConvNeXt expert, code characters from its character reader)."""
 
 import pytest
 import torch
@@ -12,6 +13,14 @@ from conftest import make_tiny_model_and_processor
 
 DIGITS = {"channels": [0, 4], "token_ids": [11, 12, 13], "cells": "all"}
 COUNT = {"channels": [4, 7], "token_ids": [20, 21], "cells": "global_first"}
+CHARACTERS = {"reader": "char_reader", "channels": [0, 3], "token_ids": [30, 31], "cells": "tiles"}
+
+
+def char_reader_config(num_labels: int = 3) -> dict:
+    """A tiny character reader with the tiny preset's ConvNeXt views (4x4 grid, repeated up to the 16x16 tokens)."""
+    config = preset_config("tiny-random").convnext_config
+    config.num_labels = num_labels
+    return config.to_dict()
 
 
 def reader_states(n_views: int, cells: int, channels: int) -> torch.Tensor:
@@ -32,7 +41,7 @@ def test_a_read_word_replaces_the_token_and_nothing_else():
     states[:, 1, 4:7] = torch.tensor([0.0, 0.0, 30.0])  # every view's first cell reads the second count word
     states[2, 1 + 7, :4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # undecided: a quarter "none", a quarter each digit
     with torch.no_grad():
-        gated = model.model.read_words(tokens, states, view_mask)
+        gated = model.model.read_words(tokens, {"convnext": states}, view_mask)
 
     assert gated.shape == tokens.shape
     torch.testing.assert_close(gated[1, 1 + 5], embeddings[12])
@@ -67,8 +76,10 @@ def test_image_features_carry_the_read_words():
 
 @pytest.mark.parametrize(("gate", "message"), [
     ({**DIGITS, "token_ids": [11, 12]}, "'none' plus one channel per token id"),
-    ({**DIGITS, "channels": [30, 40]}, "within the ConvNeXt's 32 output channels"),
+    ({**DIGITS, "channels": [30, 40]}, "within the convnext's 32 output channels"),
     ({**DIGITS, "cells": "some"}, "global_first"),
+    ({**DIGITS, "reader": "eyes"}, "reads 'eyes', which this config does not have"),
+    (CHARACTERS, "reads 'char_reader', which this config does not have"),
 ])
 def test_malformed_gates_are_refused(gate, message):
     with pytest.raises(ValueError, match=message):
@@ -78,5 +89,49 @@ def test_malformed_gates_are_refused(gate, message):
 def test_gates_need_a_convnext():
     config = preset_config("tiny-random").to_dict()
     config.update(convnext_config=None, reader_words=[DIGITS])
-    with pytest.raises(ValueError, match="no convnext_config"):
+    with pytest.raises(ValueError, match="reads 'convnext', which this config does not have"):
         sphinx_x.SphinxXConfig(**config)
+
+
+def test_the_character_gate_reads_the_tile_views_only():
+    model, _ = make_tiny_model_and_processor(char_reader_config=char_reader_config(), reader_words=[CHARACTERS])
+    hidden, embeddings = model.config.text_config.hidden_size, model.get_input_embeddings().weight.detach()
+    view_mask = torch.tensor([[True, True, False, False, True], [True, True, True, True, True]])
+    n_views, cells = int(view_mask.sum()), 16
+    tokens = torch.randn(n_views, 1 + cells, hidden)
+    logits = torch.zeros(n_views, 1 + cells, 3)
+    logits[..., 0] = 30.0  # "none" everywhere ...
+    logits[:, 1 + 4] = torch.tensor([0.0, 30.0, 0.0])  # ... but cell 4 of every view reads the first character
+    with torch.no_grad():
+        gated = model.model.read_words(tokens, {"char_reader": logits}, view_mask)
+    tiles = torch.tensor([False, True, True, False, True, True, True, True])  # views 0 and 3 are global views
+    torch.testing.assert_close(gated[tiles, 1 + 4], embeddings[30].expand(int(tiles.sum()), -1))
+    torch.testing.assert_close(gated[~tiles], tokens[~tiles])
+    untouched = torch.ones(1 + cells, dtype=torch.bool)
+    untouched[1 + 4] = False
+    torch.testing.assert_close(gated[:, untouched], tokens[:, untouched])
+
+
+def test_image_features_carry_the_characters_the_char_reader_names():
+    torch.manual_seed(0)
+    model, processor = make_tiny_model_and_processor(char_reader_config=char_reader_config(),
+                                                     reader_words=[CHARACTERS])
+    embeddings = model.get_input_embeddings().weight.detach()
+    inputs = processor.image_processor(torch.rand(3, 300, 500), return_tensors="pt", do_rescale=False)
+    with torch.no_grad():  # the head names the second character at every cell, whatever it sees
+        model.model.char_reader.head.weight.zero_()
+        model.model.char_reader.head.bias.copy_(torch.tensor([0.0, 0.0, 40.0]))
+        features = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).pooler_output[0]
+    grid, per_view = model.config.token_grid_size**2, model.config.tokens_per_view
+    global_cells, first_tile_cells = features[2:2 + grid], features[per_view + 2:per_view + 2 + grid]
+    torch.testing.assert_close(first_tile_cells, embeddings[31].expand(grid, -1))
+    assert not torch.allclose(global_cells, embeddings[31].expand(grid, -1))
+
+
+def test_a_character_reader_saves_and_loads(tmp_path):
+    model, _ = make_tiny_model_and_processor(char_reader_config=char_reader_config(), reader_words=[CHARACTERS])
+    model.save_pretrained(tmp_path)
+    loaded = sphinx_x.SphinxXForConditionalGeneration.from_pretrained(tmp_path)
+    assert loaded.config.char_reader_config.num_labels == 3
+    for name, tensor in model.model.char_reader.state_dict().items():
+        torch.testing.assert_close(loaded.model.char_reader.state_dict()[name], tensor)

@@ -37,7 +37,7 @@ DATA_KEYS = {"train", "eval"}
 FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer")  # the `SphinxXModel` attributes of the visual experts
+VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer", "char_reader")  # `SphinxXModel`'s visual experts and readers
 
 
 class RecipeError(ValueError):
