@@ -37,7 +37,8 @@ DATA_KEYS = {"train", "eval"}
 FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
-VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer", "char_reader")  # `SphinxXModel`'s visual experts and readers
+# `SphinxXModel`'s visual experts and its character reader (trained, frozen and saved alike)
+VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer", "char_reader")
 
 
 class RecipeError(ValueError):
