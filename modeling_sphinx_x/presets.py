@@ -186,14 +186,34 @@ def demo_encoders() -> dict:
     )
 
 
+# The 32 characters of the demo's printed codes (`training.synthetic.ocr.CODE_ALPHABET`: no I, O, 0 or 1).
+DEMO_CODE_CHARACTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+def smollm2_character_id(character: str) -> int:
+    """SmolLM2's token id of an uppercase letter or a digit alone (its vocabulary writes A-Z as 49-74, 0-9 as 32-41)."""
+    return 32 + int(character) if character.isdigit() else 49 + ord(character) - ord("A")
+
+
+def demo_char_reader() -> ConvNextConfig:
+    """The demo's character reader: a ConvNeXt of the reader's size and views, with a head for "none" plus the 32
+    code characters at each cell (`training.demo.pretrain_char_reader`)."""
+    config = demo_encoders()["convnext_config"]
+    config.num_labels = 1 + len(DEMO_CODE_CHARACTERS)
+    return config
+
+
 def demo_reader_words() -> list[dict]:
-    """The demo reader's word gates (`SphinxXConfig.reader_words`), in the channel layout its pretraining gives it
-    (`training.demo.pretrain_reader.LABEL_CHANNELS`): channels 0-6 read "none" or a Set-of-Mark digit 1-6 at any
-    cell, channels 22-30 "none" or the number of shapes 0-7 at the global view's first cell. SmolLM2 writes the
-    digit d as token 32 + d."""
+    """The demo readers' word gates (`SphinxXConfig.reader_words`), in the channel layout their pretraining gives
+    them: the ConvNeXt's channels 0-6 read "none" or a Set-of-Mark digit 1-6 at any cell, its channels 22-30 "none"
+    or the number of shapes 0-7 at the global view's first cell (`training.demo.pretrain_reader.LABEL_CHANNELS`);
+    the character reader reads "none" or a code character at the tile views' cells. SmolLM2 writes the digit d as
+    token 32 + d."""
     return [
         {"channels": [0, 7], "token_ids": [32 + digit for digit in range(1, 7)], "cells": "all"},
         {"channels": [22, 31], "token_ids": [32 + count for count in range(8)], "cells": "global_first"},
+        {"reader": "char_reader", "channels": [0, 1 + len(DEMO_CODE_CHARACTERS)],
+         "token_ids": [smollm2_character_id(character) for character in DEMO_CODE_CHARACTERS], "cells": "tiles"},
     ]
 
 
@@ -258,6 +278,7 @@ PRESETS = {
     "sphinx-x-demo": lambda: {
         "text_config": llama(**SMOLLM2_135M, tie=True),
         **demo_encoders(),
+        "char_reader_config": demo_char_reader(),
         "tile_size": 112,
         "image_grid": [2, 2],
         "use_skip_tokens": True,

@@ -8,7 +8,7 @@ import torch
 
 import sphinx_x
 from sphinx_x import demo
-from sphinx_x.presets import preset_config
+from sphinx_x.presets import DEMO_CODE_CHARACTERS, preset_config
 from sphinx_x.training.demo.init_projector import word_embedding
 from sphinx_x.training.demo.pretrain_reader import (
     LABEL_CHANNELS,
@@ -83,11 +83,15 @@ def test_pretrain_replaces_the_reader_in_place(tmp_path):
 
 
 def test_the_demo_gates_read_the_reader_label_words():
-    """The demo preset's `reader_words` gates hand the LLM the pretrained reader's digit and count words."""
+    """The demo preset's `reader_words` gates hand the LLM the pretrained reader's digit and count words, and the
+    character reader's code characters, each a single SmolLM2 token."""
     gates = preset_config("sphinx-x-demo").reader_words
     tokenizer = sphinx_x.SphinxXProcessor.from_pretrained(demo.demo_model_path()).tokenizer
     words = label_words()
-    assert [gate["cells"] for gate in gates] == ["all", "global_first"]
+    assert [gate["cells"] for gate in gates] == ["all", "global_first", "tiles"]
+    assert [gate.get("reader", "convnext") for gate in gates] == ["convnext", "convnext", "char_reader"]
+    characters = [tokenizer(char, add_special_tokens=False)["input_ids"] for char in DEMO_CODE_CHARACTERS]
+    assert gates[2]["token_ids"] == [ids[0] for ids in characters] and all(len(ids) == 1 for ids in characters)
     for gate, kind in zip(gates, ("digit", "count")):
         assert gate["channels"] == list(LABEL_CHANNELS[kind])
         word_ids = [tokenizer(word, add_special_tokens=False)["input_ids"] for word in words[kind][1:]]
