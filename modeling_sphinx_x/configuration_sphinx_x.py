@@ -152,9 +152,12 @@ class SphinxXConfig(PreTrainedConfig):
                 raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\", \"global_first\" or "
                                  "\"tiles\".")
         reader = self.char_reader_config
-        if reader is not None and self.token_grid_size % (reader.image_size // (reader.patch_size * 8)):
-            raise ValueError("The character reader's grid must divide the token grid: check char_reader_config's "
-                             "image_size and patch_size (a 4-stage ConvNeXt's grid is image_size / (patch_size * 8)).")
+        if reader is not None:
+            reader_grid = reader.image_size // (reader.patch_size * 2 ** (reader.num_stages - 1))
+            if self.token_grid_size % reader_grid:
+                raise ValueError(f"The character reader's {reader_grid}x{reader_grid} grid must divide the "
+                                 f"{self.token_grid_size}x{self.token_grid_size} token grid: check "
+                                 "char_reader_config's image_size and patch_size.")
 
     def grid_encoder_configs(self) -> dict:
         """Grid encoders in channel-concatenation order (CLIP | ConvNeXt | DINOv2); `None` when absent."""

@@ -17,7 +17,7 @@ CHARACTERS = {"reader": "char_reader", "channels": [0, 3], "token_ids": [30, 31]
 
 
 def char_reader_config(num_labels: int = 3) -> dict:
-    """A tiny character reader with the tiny preset's ConvNeXt views (4x4 grid, repeated up to the 16x16 tokens)."""
+    """A tiny character reader with the tiny preset's ConvNeXt views (512 px, a 16x16 grid like the tokens)."""
     config = preset_config("tiny-random").convnext_config
     config.num_labels = num_labels
     return config.to_dict()
@@ -91,6 +91,11 @@ def test_gates_need_a_convnext():
     config.update(convnext_config=None, reader_words=[DIGITS])
     with pytest.raises(ValueError, match="reads 'convnext', which this config does not have"):
         sphinx_x.SphinxXConfig(**config)
+
+
+def test_a_character_reader_grid_must_divide_the_token_grid():
+    with pytest.raises(ValueError, match="3x3 grid must divide the 16x16 token grid"):
+        preset_config("tiny-random", char_reader_config={**char_reader_config(), "image_size": 96})
 
 
 def test_the_character_gate_reads_the_tile_views_only():
