@@ -30,6 +30,12 @@ DINOV2_GIANT = {
 }
 
 
+def convnext_grid_size(config) -> int:
+    """Side of a ConvNeXt's output grid for one view: a patchify stem, then a 2x downsampling before every later
+    stage."""
+    return config.image_size // (config.patch_size * 2 ** (config.num_stages - 1))
+
+
 @strict(accept_kwargs=True)
 class SphinxXConfig(PreTrainedConfig):
     r"""
@@ -151,9 +157,8 @@ class SphinxXConfig(PreTrainedConfig):
             if gate.get("cells") not in ("all", "global_first", "tiles"):
                 raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\", \"global_first\" or "
                                  "\"tiles\".")
-        reader = self.char_reader_config
-        if reader is not None:
-            reader_grid = reader.image_size // (reader.patch_size * 2 ** (reader.num_stages - 1))
+        if self.char_reader_config is not None:
+            reader_grid = convnext_grid_size(self.char_reader_config)
             if self.token_grid_size % reader_grid:
                 raise ValueError(f"The character reader's {reader_grid}x{reader_grid} grid must divide the "
                                  f"{self.token_grid_size}x{self.token_grid_size} token grid: check "
@@ -166,9 +171,7 @@ class SphinxXConfig(PreTrainedConfig):
     def encoder_grid_size(self, name: str) -> int:
         """Side of the token grid an encoder produces for one view."""
         cfg = self.grid_encoder_configs()[name]
-        if name == "convnext":  # a patchify stem, then a 2x downsampling before every later stage
-            return cfg.image_size // (cfg.patch_size * 2 ** (cfg.num_stages - 1))
-        return cfg.image_size // cfg.patch_size
+        return convnext_grid_size(cfg) if name == "convnext" else cfg.image_size // cfg.patch_size
 
     @property
     def token_grid_size(self) -> int:

@@ -430,10 +430,12 @@ class SphinxXModel(SphinxXPreTrainedModel):
         view_mask = torch.cat([image_tile_mask.new_ones(batch, 1), image_tile_mask.bool()], dim=1)
 
         grid_encoders = self.grid_encoders()
-        encoder_outputs = [
-            encoder(self.encoder_views(pixel_values, view_size, view_mask), **kwargs)
-            for encoder, view_size in grid_encoders
-        ]
+        view_sizes = {view_size for _, view_size in grid_encoders}
+        if self.char_reader is not None and config.reader_words:
+            view_sizes.add(config.char_reader_config.image_size)
+        # Each view size is cut once (the demo's ConvNeXt reader and character reader share their 128-px views).
+        views = {size: self.encoder_views(pixel_values, size, view_mask) for size in view_sizes}
+        encoder_outputs = [encoder(views[view_size], **kwargs) for encoder, view_size in grid_encoders]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
         if config.reader_words:
             readers = {}
@@ -442,8 +444,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
                                 if encoder is self.convnext)
                 readers["convnext"] = convnext.last_hidden_state
             if self.char_reader is not None:
-                char_views = self.encoder_views(pixel_values, config.char_reader_config.image_size, view_mask)
-                readers["char_reader"] = self.char_reader(char_views)
+                readers["char_reader"] = self.char_reader(views[config.char_reader_config.image_size])
             view_tokens = self.read_words(view_tokens, readers, view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)

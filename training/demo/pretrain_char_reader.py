@@ -19,7 +19,6 @@ saved into MODEL in place (a temporary folder, then a rename); the rest of MODEL
 """
 
 import argparse
-import math
 import random
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from tqdm import tqdm
 from ...presets import DEMO_CODE_CHARACTERS
 from ..synthetic.render import advance
 from .init_projector import save_in_place, token_regions
-from .pretrain_reader import marked_scene
+from .pretrain_reader import marked_scene, reader_optimizer
 
 
 IGNORED = -100  # a label that teaches nothing (`F.cross_entropy`'s ignore_index)
@@ -163,10 +162,7 @@ def pretrain(model_dir: Path, images: int = 10000, steps: int = 1100, batch: int
     if resume:
         reader.load_state_dict(model.model.char_reader.state_dict())
     reader = reader.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=learning_rate, weight_decay=0.05)
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer, schedule = reader_optimizer(reader, learning_rate, steps)
     class_weight = torch.ones(model.config.char_reader_config.num_labels)
     class_weight[0] = EMPTY_CELL_WEIGHT
     generator = torch.Generator().manual_seed(seed)

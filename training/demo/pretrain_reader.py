@@ -164,6 +164,16 @@ def reader_columns(model, tokenizer, share: float = READER_SHARE) -> torch.Tenso
     return columns * share / CONFIDENT_LOGIT
 
 
+def reader_optimizer(reader, learning_rate: float, steps: int):
+    """`(AdamW, schedule)` of a reader's pretraining: linear warmup over a tenth of `steps` (at most 100), then a
+    cosine decay to zero at `steps`."""
+    optimizer = torch.optim.AdamW(reader.parameters(), lr=learning_rate, weight_decay=0.05)
+    warmup = max(1, min(100, steps // 10))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    return optimizer, schedule
+
+
 def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int = 64, learning_rate: float = 2e-3,
              seed: int = 0) -> dict:
     """Train a fresh ConvNeXt reader for `model_dir`, point the projector's ConvNeXt columns at its label words
@@ -182,10 +192,7 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
     heldout = reader_examples(model, processor, max(images // 30, 10), seed=seed + 5, split="heldout")
     reader = model.model.convnext
     reader.model = ConvNextModel(reader.model.config)  # fresh: it learns to read from the dense labels
-    optimizer = torch.optim.AdamW(reader.parameters(), lr=learning_rate, weight_decay=0.05)
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps)))
+    optimizer, schedule = reader_optimizer(reader, learning_rate, steps)
     generator = torch.Generator().manual_seed(seed)
     reader.train()
     started = time.time()
