@@ -6,8 +6,10 @@ and leave no output behind.
 """
 
 import copy
+import functools
 import json
 import math
+import re
 import shutil
 
 import pytest
@@ -22,6 +24,7 @@ from sphinx_x.conversion.accessory import dinov2_position_table
 from sphinx_x.conversion.assemble import assemble, load_convnext_trunk
 from sphinx_x.conversion.common import ConversionError
 from sphinx_x.conversion.internlm2 import internlm2_to_llama
+from sphinx_x.training.collator import SphinxXDataCollator
 
 import parts_factory
 
@@ -448,3 +451,41 @@ def test_convnext_is_new_only_for_the_demo_preset(parts, tmp_path, preset, convn
     with pytest.raises(ConversionError, match=message):
         assemble(preset, root / "llama", None if convnext is None else root / convnext, root / "dinov2", tmp_path / "x")
     assert not (tmp_path / "x").exists()
+
+
+def test_spelled_answers_train_one_character_per_token(demo_assembled):
+    # The demo's kind of tokenizer (byte-level BPE, ChatML), whose merges join characters of "circle".
+    processor = load(demo_assembled[0])[1]
+    tokenizer = processor.tokenizer
+    encode = functools.partial(tokenizer.encode, add_special_tokens=False)
+    extra = len("circle") - len(encode("circle"))
+    assert extra > 0
+    example = {"messages": [{"role": "user", "content": "What is written?"}, {"role": "assistant", "content": "It is"},
+                            {"role": "user", "content": "And the word?"}, {"role": "assistant", "content": "circle"}],
+               "images": [Image.new("RGB", (60, 60), (0, 0, 255))]}
+    text_only = {"messages": [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "The circle."}],
+                 "images": []}
+    merged = SphinxXDataCollator(processor=processor, assistant_only_loss=True)([dict(example), dict(text_only)])
+    spelled = SphinxXDataCollator(processor=processor, assistant_only_loss=True,
+                                  spelled_answers=re.compile("[a-z]{6}"))([dict(example), dict(text_only)])
+
+    end = [tokenizer.eos_token_id]
+    assert merged["labels"][0][merged["labels"][0] != -100].tolist() == encode("It is") + end + encode("circle") + end
+    characters = tokenizer.convert_tokens_to_ids(list("circle"))
+    assert spelled["labels"][0][spelled["labels"][0] != -100].tolist() == encode("It is") + end + characters + end
+    # More positions in the spelled row, the same text; the other row and the images are as they were.
+    assert spelled["attention_mask"].sum(1).tolist() == [int(merged["attention_mask"][0].sum()) + extra,
+                                                         int(merged["attention_mask"][1].sum())]
+    assert tokenizer.decode(spelled["input_ids"][0][spelled["attention_mask"][0] == 1]) == tokenizer.decode(
+        merged["input_ids"][0][merged["attention_mask"][0] == 1])
+    width = merged["input_ids"].shape[1]
+    assert spelled["input_ids"].shape[1] == width + extra
+    assert torch.equal(spelled["labels"][1, :width], merged["labels"][1])
+    assert torch.equal(spelled["input_ids"][1, :width][merged["attention_mask"][1] == 1],
+                       merged["input_ids"][1][merged["attention_mask"][1] == 1])
+    assert torch.equal(spelled["pixel_values"], merged["pixel_values"])
+
+    # An answer with a character that is no token of its own is skipped, not trained on other tokens.
+    unspellable = SphinxXDataCollator(processor=processor, assistant_only_loss=True, spelled_answers=re.compile(".."))
+    unspellable([{**example, "messages": [*example["messages"][:3], {"role": "assistant", "content": "Ж☃"}]}])
+    assert unspellable.skipped.totals()["malformed"] == 1

@@ -308,3 +308,4 @@ def test_text_only_records_train_their_answers(small_processor):
     assert batch["labels"][batch["labels"] != -100].tolist() == small_processor.tokenizer.encode(
         "Hi." + STOP_STRING, add_special_tokens=False)
     assert torch.equal(batch["input_ids"][0, :1], torch.tensor([small_processor.tokenizer.bos_token_id]))
+

@@ -106,6 +106,8 @@ def test_every_sft_config_field_is_accepted_and_unknown_keys_are_refused(tmp_pat
         parse_recipe({"model": {"path": "m", "preset": "tiny-random"}, "data": base["data"], "sft": {}})
     with pytest.raises(RecipeError, match="Unknown key.*`recipe`.*'trainer'"):
         parse_recipe({**base, "sft": {}, "trainer": {}})
+    with pytest.raises(RecipeError, match=r"`data.spelled_answers` is not a regular expression.*'\[A-Z'"):
+        parse_recipe({**base, "data": {"train": "d.yaml", "spelled_answers": "[A-Z"}, "sft": {}})
 
 
 def test_command_line_arguments_become_overrides():

@@ -11,6 +11,7 @@ DDP, FSDP and ZeRO-3 rely on) and the loss is unchanged.
 import dataclasses
 import multiprocessing
 import os
+import re
 
 import PIL.Image
 import torch
@@ -18,7 +19,7 @@ from transformers.utils import logging
 from trl.data_utils import prepare_multimodal_messages
 from trl.trainer.sft_trainer import DataCollatorForVisionLanguageModeling
 
-from .data import as_list
+from .data import as_list, message_text
 
 
 logger = logging.get_logger(__name__)
@@ -70,9 +71,15 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
 
     Records too long are skipped, not truncated: a cut would drop image placeholders or half an answer. Images are
     decoded once, here, and handed to the processor as PIL images.
+
+    `spelled_answers` (a regular expression): assistant answers that match it whole are trained one character per
+    token instead of in the tokenizer's merges, so that "EW65" is `E`, `W`, `6`, `5` and not `EW`, `6`, `5`. A model
+    that reads characters as single-character tokens (the demo's character gate) then answers with a copy of them;
+    decoding gives the same text. Every character of such an answer must be a token of its own (`malformed` if not).
     """
 
     skipped: SkippedRecords = dataclasses.field(default_factory=SkippedRecords)
+    spelled_answers: re.Pattern | None = None
 
     def torch_call(self, examples: list[dict]) -> dict:
         records = []
@@ -84,7 +91,8 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
             except Exception as error:  # noqa: BLE001 (one record must not end the run, whatever it raises)
                 self.skipped.add(SkippedRecord("failed", f"{type(error).__name__}: {error}"))
         if records:
-            return super().torch_call(records)
+            batch = super().torch_call(records)
+            return self.spelled(batch, records) if self.spelled_answers is not None else batch
         # Every record was bad. The placeholder is never truncated: a cut through its image would not collate.
         untruncated = dataclasses.replace(self, max_length=None)
         batch = super(SphinxXDataCollator, untruncated).torch_call([self.placeholder()])
@@ -98,6 +106,8 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
             raise SkippedRecord("malformed", "not a conversation of system, user and assistant turns")
         if not any(message["role"] == "assistant" for message in messages):
             raise SkippedRecord("no_assistant_turn", "the conversation has no answer to learn")
+        for answer in filter(None, self.answers_to_spell(messages)):
+            self.character_ids(answer)
         entries = example.get("images") if example.get("images") is not None else example.get("image")
         images = [self.open_image(entry) for entry in as_list(entries)]
         try:
@@ -132,6 +142,52 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
             image_processor.num_image_tokens(image_processor.tile_mask(image.width, image.height)) for image in images
         )
         return len(self.processor.tokenizer(text, add_special_tokens=False)["input_ids"]) - len(images) + placeholders
+
+    def answers_to_spell(self, messages: list[dict]) -> list[str | None]:
+        """Per assistant turn, in order: its text if `spelled_answers` matches it whole, else `None`."""
+        texts = [message_text(message["content"]) for message in messages if message["role"] == "assistant"]
+        if self.spelled_answers is None:
+            return [None] * len(texts)
+        return [text if self.spelled_answers.fullmatch(text) else None for text in texts]
+
+    def character_ids(self, text: str) -> list[int]:
+        """One token id per character of `text`, or `SkippedRecord` naming a character without a token."""
+        tokenizer = self.processor.tokenizer
+        ids = [tokenizer.convert_tokens_to_ids(character) for character in text]
+        missing = [character for character, id_ in zip(text, ids) if id_ is None or id_ == tokenizer.unk_token_id]
+        if missing:
+            raise SkippedRecord("malformed", f"an answer to spell has characters without a token: {missing}")
+        return ids
+
+    def spelled(self, batch: dict, records: list[dict]) -> dict:
+        """`batch` with each answer of `answers_to_spell` re-tokenized one character per token, re-padded.
+
+        Answers are the runs of trained labels, one per assistant turn in order; a run that does not start with the
+        answer's own tokens (a turn cut by `max_length`) is left as it is.
+        """
+        tokenizer = self.processor.tokenizer
+        rows = []
+        for input_ids, labels, mask, record in zip(batch["input_ids"].tolist(), batch["labels"].tolist(),
+                                                   batch["attention_mask"].tolist(), records):
+            length = sum(mask)  # padding is on the right
+            input_ids, labels = input_ids[:length], labels[:length]
+            starts = [i for i in range(length) if labels[i] != -100 and (i == 0 or labels[i - 1] == -100)]
+            for start, answer in reversed(list(zip(starts, self.answers_to_spell(record["messages"])))):
+                merged = tokenizer.encode(answer, add_special_tokens=False) if answer is not None else []
+                if not merged or input_ids[start:start + len(merged)] != merged:
+                    continue
+                spelled = self.character_ids(answer)
+                input_ids[start:start + len(merged)] = spelled
+                labels[start:start + len(merged)] = spelled
+            rows.append((input_ids, labels))
+        width = max(len(input_ids) for input_ids, _ in rows)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        pad = tokenizer.pad_token_id
+        batch["input_ids"] = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in rows])
+        batch["labels"] = torch.tensor([labels + [-100] * (width - len(labels)) for _, labels in rows])
+        batch["attention_mask"] = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in rows])
+        return batch
 
     def placeholder(self) -> dict:
         """A record standing in for a batch of bad ones; its labels are all ignored."""

@@ -11,6 +11,7 @@ model:                      # exactly one of `path` and `preset`
 data:
   train: mixtures/sft.yaml            # a mixture file, or the mixture inline (see `data.load_mixture`)
   eval: {sources: [{path: val.json, root: images/}]}
+  spelled_answers: "[A-Z0-9]{4}"     # optional: answers matching this whole are trained one character per token
 freeze:
   vision_encoders: true               # full fine-tuning: train the projector, image tags, skip token and LLM only
   vision_encoder_learning_rate: 2.0e-6  # the trained encoders' own peak learning rate (0 keeps them as they are)
@@ -33,7 +34,7 @@ import yaml
 
 SECTIONS = {"model": True, "data": True, "sft": True, "peft": False, "freeze": False}
 MODEL_KEYS = {"path", "preset", "tokenizer", "config_overrides", "dtype", "attn_implementation"}
-DATA_KEYS = {"train", "eval"}
+DATA_KEYS = {"train", "eval", "spelled_answers"}
 FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -181,6 +182,12 @@ def parse_recipe(content: dict) -> Recipe:
     check_keys("data", data, DATA_KEYS)
     if "train" not in data:
         raise RecipeError("`data` needs `train`: a mixture file or an inline mapping with `sources`.")
+    if "spelled_answers" in data:
+        try:
+            re.compile(str(data["spelled_answers"]))
+        except re.error as error:
+            raise RecipeError(f"`data.spelled_answers` is not a regular expression ({error}): "
+                              f"{data['spelled_answers']!r}.") from None
 
     freeze = content.get("freeze") or {}
     check_keys("freeze", freeze, FREEZE_KEYS)

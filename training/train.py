@@ -165,6 +165,7 @@ def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
         assistant_only_loss=args.assistant_only_loss,
         pad_to_multiple_of=args.pad_to_multiple_of,
         skipped=SkippedRecords(args.dataloader_multiprocessing_context),
+        spelled_answers=re.compile(str(recipe.data["spelled_answers"])) if "spelled_answers" in recipe.data else None,
     )
     trainer = SphinxXSFTTrainer(
         model=model,

@@ -122,13 +122,16 @@ def main(argv=None) -> None:
     parser.add_argument("out", type=Path, help="parquet file of chat rows (messages, task)")
     parser.add_argument("--count", type=int, default=320, help="training prompts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
+                        help="the base model's while it answers (float32 on CPUs without bfloat16 units: about ten "
+                             "times faster there)")
     args = parser.parse_args(argv)
     from datasets import Dataset
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from ..synthetic.dataset import FEATURES
 
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=torch.bfloat16).eval()
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype=getattr(torch, args.dtype)).eval()
     processor = AutoProcessor.from_pretrained(args.model)
     prompts = training_prompts(args.count, args.seed)
     # An answer cut at the token budget would teach the model to stop mid-sentence: only finished ones are kept.
