@@ -124,6 +124,9 @@ def test_command_line_arguments_become_overrides():
     assert overrides_from_arguments(args) == {"sft": {"resume_from_checkpoint": "out/checkpoint-20"}}
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         parse_overrides(["sft.max_steps"])
+    with pytest.raises(RecipeError, match=r"data.spelled_answers is not YAML .*quote it"):
+        parse_overrides(["data.spelled_answers=[A-Z]{4}"])
+    assert parse_overrides(['data.spelled_answers="[A-Z]{4}"']) == {"data": {"spelled_answers": "[A-Z]{4}"}}
 
 
 def test_shipped_recipes_and_mixtures_are_valid():

@@ -235,7 +235,12 @@ def parse_overrides(assignments: list[str]) -> dict:
         target = overrides
         for parent in parents:
             target = target.setdefault(parent, {})
-        target[leaf] = parse_value(value)
+        try:
+            target[leaf] = parse_value(value)
+        except yaml.YAMLError as error:
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise RecipeError(f"The value of {key} is not YAML ({problem}): {value!r}; quote it, e.g. "
+                              f"{key}='\"{value}\"'.") from None
     return overrides
 
 
