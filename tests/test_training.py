@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from unittest import mock
@@ -147,6 +148,13 @@ def test_shipped_recipes_and_mixtures_are_valid():
         check_keys("data mixture", mixture, MIXTURE_KEYS)
         for source in mixture["sources"]:
             check_keys("data source", source, SOURCE_KEYS)
+
+    # The demo's codes are spelled: exactly the code alphabet's 4-character strings match.
+    from sphinx_x.training.synthetic.ocr import CODE_ALPHABET
+
+    spelled = re.compile(load_recipe(TRAINING / "recipes" / "sphinx-x-demo-gates.yaml").data["spelled_answers"])
+    characters = {chr(code) for code in range(32, 127) if spelled.fullmatch(chr(code) * 4)}
+    assert characters == set(CODE_ALPHABET) and not spelled.fullmatch("ABC") and not spelled.fullmatch("ABCDE")
 
 
 ACCELERATE = TRAINING / "accelerate"
