@@ -9,7 +9,6 @@ from transformers import (
 )
 
 from .configuration_sphinx_x import SphinxXConfig
-from .demo import demo_model_path, load_demo
 from .modeling_sphinx_x import SphinxXForConditionalGeneration, SphinxXModel, SphinxXPreTrainedModel
 from .processors import SphinxXImageProcessor, SphinxXProcessor
 
@@ -26,6 +25,18 @@ SphinxXConfig.register_for_auto_class()
 SphinxXForConditionalGeneration.register_for_auto_class("AutoModelForImageTextToText")
 SphinxXImageProcessor.register_for_auto_class("AutoImageProcessor")
 SphinxXProcessor.register_for_auto_class("AutoProcessor")
+
+
+
+def __getattr__(name: str):
+    # The demo helpers load on first use: imported here, `python -m sphinx_x.demo` would run a module the package had
+    # already imported (runpy's RuntimeWarning).
+    if name in ("demo_model_path", "load_demo"):
+        from . import demo
+
+        return getattr(demo, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 __all__ = [

@@ -1,6 +1,8 @@
 """The demo model's tools: its data at a scale, held-out scoring, evaluation end to end, and the loss plot."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +117,12 @@ def test_chat_answers_say_which_answers_ended():
     model.generation_config.eos_token_id = list(range(model.config.text_config.vocab_size))  # any token ends one
     answers, finished = chat_answers(model, processor, prompts, max_new_tokens=3, batch_size=2)
     assert finished == [True, True]
+
+
+def test_demo_module_runs_as_a_script_without_warnings():
+    """`python -m sphinx_x.demo` (the README's way to build the base) runs the module once: the package does not import
+    it first, which made runpy warn."""
+    result = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", "sphinx_x.demo", "--help"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "usage: python -m sphinx_x.demo" in result.stdout, result.stderr[-2000:]
+    assert "RuntimeWarning" not in result.stderr
