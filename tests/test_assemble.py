@@ -485,6 +485,14 @@ def test_spelled_answers_train_one_character_per_token(demo_assembled):
                        merged["input_ids"][1][merged["attention_mask"][1] == 1])
     assert torch.equal(spelled["pixel_values"], merged["pixel_values"])
 
+    # `max_length` counts the spelled tokens: a record that fits only in merges is skipped, not cut.
+    length = int(spelled["attention_mask"][0].sum())
+    for max_length, fits in ((length, True), (length - 1, False)):
+        collator = SphinxXDataCollator(processor=processor, assistant_only_loss=True, max_length=max_length,
+                                       spelled_answers=re.compile("[a-z]{6}"))
+        collator([dict(example)])
+        assert collator.skipped.totals()["too_long"] == (0 if fits else 1)
+
     # An answer with a character that is no token of its own is skipped, not trained on other tokens.
     unspellable = SphinxXDataCollator(processor=processor, assistant_only_loss=True, spelled_answers=re.compile(".."))
     unspellable([{**example, "messages": [*example["messages"][:3], {"role": "assistant", "content": "Ж☃"}]}])

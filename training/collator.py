@@ -106,7 +106,8 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
             raise SkippedRecord("malformed", "not a conversation of system, user and assistant turns")
         if not any(message["role"] == "assistant" for message in messages):
             raise SkippedRecord("no_assistant_turn", "the conversation has no answer to learn")
-        for answer in filter(None, self.answers_to_spell(messages)):
+        spelled = [answer for answer in self.answers_to_spell(messages) if answer is not None]
+        for answer in spelled:
             self.character_ids(answer)
         entries = example.get("images") if example.get("images") is not None else example.get("image")
         images = [self.open_image(entry) for entry in as_list(entries)]
@@ -118,7 +119,9 @@ class SphinxXDataCollator(DataCollatorForVisionLanguageModeling):
         if text.count(self.processor.image_token) != len(images):
             raise SkippedRecord("malformed", f"the text holds a literal {self.processor.image_token!r}")
         if self.max_length is not None:
-            length = self.sequence_length(text, images)
+            tokenizer = self.processor.tokenizer
+            length = self.sequence_length(text, images) + sum(  # spelled answers take a token per character
+                len(answer) - len(tokenizer.encode(answer, add_special_tokens=False)) for answer in spelled)
             if length > self.max_length:
                 raise SkippedRecord("too_long", f"{length} tokens with the image positions > {self.max_length}")
         return {"messages": messages, "images": images}
