@@ -30,7 +30,7 @@ from tqdm import tqdm
 from ...presets import DEMO_CODE_CHARACTERS
 from ..synthetic.render import advance
 from .init_projector import save_in_place, token_regions
-from .pretrain_reader import marked_scene, reader_optimizer
+from .pretrain_reader import marked_scene, pretrain_report, reader_optimizer
 
 
 IGNORED = -100  # a label that teaches nothing (`F.cross_entropy`'s ignore_index)
@@ -183,8 +183,7 @@ def pretrain(model_dir: Path, images: int = 10000, steps: int = 1100, batch: int
             reader.train()
     reader.eval()
     model.model.char_reader.load_state_dict(reader.state_dict())
-    report = {"train views": len(train[0]), "steps": steps, "minutes": round((time.time() - started) / 60, 1),
-              **{f"held-out {name}": round(value, 4) for name, value in char_accuracy(reader, *heldout).items()}}
+    report = pretrain_report(len(train[0]), steps, started, char_accuracy(reader, *heldout))
     save_in_place(model, processor, model_dir)
     return report
 

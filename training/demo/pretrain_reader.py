@@ -174,6 +174,12 @@ def reader_optimizer(reader, learning_rate: float, steps: int):
     return optimizer, schedule
 
 
+def pretrain_report(views: int, steps: int, started: float, heldout: dict) -> dict:
+    """What a reader's pretraining prints at its end: its size, its minutes and its held-out figures (rounded)."""
+    return {"train views": views, "steps": steps, "minutes": round((time.time() - started) / 60, 1),
+            **{f"held-out {name}": round(value, 4) for name, value in heldout.items()}}
+
+
 def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int = 64, learning_rate: float = 2e-3,
              seed: int = 0) -> dict:
     """Train a fresh ConvNeXt reader for `model_dir`, point the projector's ConvNeXt columns at its label words
@@ -207,8 +213,7 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
     projector = model.model.visual_projector.linear
     with torch.no_grad():
         projector.weight[:, :reader.model.config.hidden_sizes[-1]] = reader_columns(model, processor.tokenizer)
-    report = {"train views": len(train[0]), "steps": steps, "minutes": round((time.time() - started) / 60, 1),
-              **{f"held-out {name}": round(value, 4) for name, value in reader_accuracy(reader, *heldout).items()}}
+    report = pretrain_report(len(train[0]), steps, started, reader_accuracy(reader, *heldout))
     save_in_place(model, processor, model_dir)
     return report
 
