@@ -11,17 +11,13 @@ of the demo recipe's shape. Every 20 steps it prints the held-out accuracy on 10
 token, among the eight colours' first tokens.
 """
 
-import argparse
-import functools
 import random
 import time
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
-from transformers import AutoProcessor
+from ideal_tokens import IdealTokens, parse_args
 
-from sphinx_x import SphinxXForConditionalGeneration
 from sphinx_x.training.synthetic.scene import COLORS, SHAPES
 
 
@@ -35,35 +31,11 @@ FORMS = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", help="the untrained demo model folder (python -m sphinx_x.demo base ...)")
-    parser.add_argument("--form", choices=FORMS, required=True)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--steps", type=int, default=120)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0, help="LoRA initialisation and training scenes")
-    args = parser.parse_args()
-    torch.manual_seed(args.seed)
-    torch.set_num_threads(args.threads)
-
-    model = SphinxXForConditionalGeneration.from_pretrained(args.model, dtype=torch.float32)
-    tokenizer = AutoProcessor.from_pretrained(args.model).tokenizer
-    embeddings = model.get_input_embeddings().weight.detach()
+    args = parse_args(__doc__, FORMS, steps=120)
+    ideal = IdealTokens(args.model)
+    embeddings, llm, prefix_ids = ideal.embeddings, ideal.llm, ideal.prefix_ids
+    ids, word = ideal.ids, ideal.word
     colors = list(COLORS)
-
-    def ids(text: str) -> torch.Tensor:
-        return torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-    @functools.cache
-    def word(text: str) -> torch.Tensor:
-        return embeddings[ids(text)].mean(0)
-
-    llm = torch.nn.Module()
-    llm.model, llm.lm_head = model.model.language_model, model.lm_head
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    llm = get_peft_model(llm, LoraConfig(r=16, lora_alpha=32, target_modules=targets)).base_model.model
-    prefix = tokenizer.apply_chat_template([{"role": "user", "content": "XX"}], tokenize=False).split("XX")[0]
-    prefix_ids = ids(prefix)
     first_tokens = torch.tensor([ids(color)[0] for color in colors])
 
     def scene(rng: random.Random):
