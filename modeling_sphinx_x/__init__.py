@@ -27,7 +27,6 @@ SphinxXImageProcessor.register_for_auto_class("AutoImageProcessor")
 SphinxXProcessor.register_for_auto_class("AutoProcessor")
 
 
-
 def __getattr__(name: str):
     # The demo helpers load on first use: imported here, `python -m sphinx_x.demo` would run a module the package had
     # already imported (runpy's RuntimeWarning).

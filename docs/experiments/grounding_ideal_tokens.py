@@ -18,8 +18,7 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
-from ideal_tokens import IdealTokens, parse_args
+from ideal_tokens import IdealTokens, answer_batch, next_token_loss, parse_args
 
 from sphinx_x.processors.grounding import box_iou
 from sphinx_x.training.synthetic.scene import COLORS, SHAPES
@@ -34,8 +33,8 @@ def main():
     ideal = IdealTokens(args.model)
     tokenizer, embeddings, llm, prefix_ids = ideal.tokenizer, ideal.embeddings, ideal.llm, ideal.prefix_ids
     ids, word = ideal.ids, ideal.word
-    rows = torch.nn.Parameter(torch.randn(GRID, embeddings.shape[1]) * embeddings.std() * 0.5)
-    cols = torch.nn.Parameter(torch.randn(GRID, embeddings.shape[1]) * embeddings.std() * 0.5)
+    rows_embedding = torch.nn.Parameter(torch.randn(GRID, embeddings.shape[1]) * embeddings.std() * 0.5)
+    cols_embedding = torch.nn.Parameter(torch.randn(GRID, embeddings.shape[1]) * embeddings.std() * 0.5)
     cells = torch.arange(GRID * GRID)
 
     def scene(rng: random.Random):
@@ -58,22 +57,13 @@ def main():
         return grid, question, answer, box
 
     def logits(items):
-        rows_in, labels_in = [], []
+        rows = []
         for grid, question, answer, _ in items:
             image = torch.stack(grid)
             if args.form == "add":
-                image = image + rows[cells // GRID] + cols[cells % GRID]
-            inputs = torch.cat([embeddings[prefix_ids], image, embeddings[question], embeddings[answer]])
-            labels = torch.full((len(inputs),), -100)
-            labels[len(inputs) - len(answer) - 1:len(inputs) - 1] = answer  # predicted one position earlier
-            rows_in.append(inputs)
-            labels_in.append(labels)
-        length = max(len(inputs) for inputs in rows_in)
-        inputs = torch.zeros(len(items), length, embeddings.shape[1])
-        labels = torch.full((len(items), length), -100)
-        mask = torch.zeros(len(items), length, dtype=torch.long)
-        for row, (x, y) in enumerate(zip(rows_in, labels_in)):
-            inputs[row, :len(x)], labels[row, :len(y)], mask[row, :len(x)] = x, y, 1
+                image = image + rows_embedding[cells // GRID] + cols_embedding[cells % GRID]
+            rows.append((torch.cat([embeddings[prefix_ids], image, embeddings[question], embeddings[answer]]), answer))
+        inputs, labels, mask = answer_batch(rows)
         return llm.lm_head(llm.model(inputs_embeds=inputs, attention_mask=mask).last_hidden_state), labels
 
     heldout_rng = random.Random(123)
@@ -97,13 +87,15 @@ def main():
                     pass
         return right / len(heldout), tokens_right / tokens
 
-    parameters = [p for p in llm.parameters() if p.requires_grad] + ([rows, cols] if args.form == "add" else [])
+    parameters = [p for p in llm.parameters() if p.requires_grad]
+    if args.form == "add":
+        parameters += [rows_embedding, cols_embedding]
     optimizer = torch.optim.AdamW(parameters, lr=args.lr)
     rng, start = random.Random(args.seed), time.time()
     print(f"{args.form} step 0 IoU>=0.5 {score()[0]:.2f}", flush=True)
     for step in range(1, args.steps + 1):
         scores, labels = logits([scene(rng) for _ in range(8)])
-        loss = F.cross_entropy(scores[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        loss = next_token_loss(scores, labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

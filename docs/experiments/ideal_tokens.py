@@ -48,3 +48,24 @@ class IdealTokens:
     def word(self, text: str) -> torch.Tensor:
         """The mean input embedding of `text`'s tokens."""
         return self.embeddings[self.ids(text)].mean(0)
+
+
+def answer_batch(rows: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-pad `(inputs [L, hidden], answer ids [n])` rows whose last n inputs embed the answer.
+
+    Returns `inputs [B, L, hidden]`, `labels [B, L]` (the answer's ids at its own positions, -100 elsewhere) and the
+    attention mask `[B, L]`. The logits at position q predict the label at q + 1 (`next_token_loss`).
+    """
+    length = max(len(inputs) for inputs, _ in rows)
+    inputs = torch.zeros(len(rows), length, rows[0][0].shape[1])
+    labels = torch.full((len(rows), length), -100)
+    mask = torch.zeros(len(rows), length, dtype=torch.long)
+    for row, (x, answer) in enumerate(rows):
+        inputs[row, :len(x)], mask[row, :len(x)] = x, 1
+        labels[row, len(x) - len(answer):len(x)] = answer
+    return inputs, labels, mask
+
+
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of `logits [B, L, vocab]` at each position against the label one position later."""
+    return torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten())

@@ -15,8 +15,7 @@ import random
 import time
 
 import torch
-import torch.nn.functional as F
-from ideal_tokens import IdealTokens, parse_args
+from ideal_tokens import IdealTokens, answer_batch, next_token_loss, parse_args
 
 from sphinx_x.training.synthetic.scene import COLORS, SHAPES
 
@@ -63,19 +62,12 @@ def main():
         question = ids(f"\nWhat color is the shape labeled {mark}?<|im_end|>\n<|im_start|>assistant\n")
         answer = ids(color + "<|im_end|>")
         inputs = torch.cat([embeddings[prefix_ids], image, embeddings[question], embeddings[answer]])
-        labels = torch.full((len(inputs),), -100)
-        labels[len(inputs) - len(answer) - 1:len(inputs) - 1] = answer  # predicted one position earlier
-        return inputs, labels, colors.index(color)
+        return inputs, answer, colors.index(color)
 
     def batch(rng: random.Random, size: int):
         items = [scene(rng) for _ in range(size)]
-        length = max(len(inputs) for inputs, _, _ in items)
-        inputs = torch.zeros(size, length, embeddings.shape[1])
-        labels = torch.full((size, length), -100)
-        mask = torch.zeros(size, length, dtype=torch.long)
-        for row, (x, y, _) in enumerate(items):
-            inputs[row, :len(x)], labels[row, :len(y)], mask[row, :len(x)] = x, y, 1
-        answer_at = torch.tensor([(y != -100).nonzero()[0, 0] for _, y, _ in items])
+        inputs, labels, mask = answer_batch([(x, answer) for x, answer, _ in items])
+        answer_at = torch.tensor([len(x) - len(answer) for x, answer, _ in items])
         return inputs, labels, mask, answer_at, torch.tensor([c for _, _, c in items])
 
     def logits(inputs, mask):
@@ -87,7 +79,7 @@ def main():
     @torch.no_grad()
     def accuracy() -> float:
         inputs, _, mask, answer_at, colour = heldout
-        scores = logits(inputs, mask)[torch.arange(len(answer_at)), answer_at][:, first_tokens]
+        scores = logits(inputs, mask)[torch.arange(len(answer_at)), answer_at - 1][:, first_tokens]
         return (scores.argmax(-1) == colour).float().mean().item()
 
     optimizer = torch.optim.AdamW([p for p in llm.parameters() if p.requires_grad], lr=args.lr)
@@ -95,7 +87,7 @@ def main():
     print(f"{args.form} step 0 held-out {accuracy():.2f}", flush=True)
     for step in range(1, args.steps + 1):
         inputs, labels, mask, _, _ = batch(rng, 8)
-        loss = F.cross_entropy(logits(inputs, mask)[:, :-1].flatten(0, 1), labels[:, 1:].flatten())
+        loss = next_token_loss(logits(inputs, mask), labels)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
