@@ -50,11 +50,13 @@ LLM_FORMATS = {
     "sphinx-x-llama2-13b": "llama",
     "sphinx-x-moe": "mixtral",
     "sphinx-x-demo": "llama",
+    "sphinx-x-demo-places": "llama",
 }
 # Presets whose ConvNeXt expert is new (a small reader trained with the rest), not a published checkpoint.
-FRESH_CONVNEXT = {"sphinx-x-demo"}
+FRESH_CONVNEXT = {"sphinx-x-demo", "sphinx-x-demo-places"}
 CONVNEXT_PREFIX = "model.convnext."
-CHAR_READER_PREFIX = "model.char_reader."  # a preset's character reader is always new (the demo's)
+# A preset's character and place readers are always new (the demo's).
+NEW_READER_PREFIXES = ("model.char_reader.", "model.place_reader.")
 # Parameters no part provides: initialised by the model, trained by one-stage training.
 NEW_PARAMETERS = {
     "model.visual_projector.linear.weight",
@@ -396,7 +398,7 @@ def assemble(
             "with those weights."
         )
     fresh = NEW_PARAMETERS | {key for key in info["missing_keys"] if (not trunk and key.startswith(CONVNEXT_PREFIX))
-                              or key.startswith(CHAR_READER_PREFIX)}
+                              or key.startswith(NEW_READER_PREFIXES)}
     missing = set(info["missing_keys"]) - fresh
     if missing or info["unexpected_keys"]:
         raise ConversionError(

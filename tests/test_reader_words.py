@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import sphinx_x
+from sphinx_x.modeling_sphinx_x import global_view_flags
 from sphinx_x.presets import preset_config
 
 from conftest import make_tiny_model_and_processor
@@ -41,7 +42,7 @@ def test_a_read_word_replaces_the_token_and_nothing_else():
     states[:, 1, 4:7] = torch.tensor([0.0, 0.0, 30.0])  # every view's first cell reads the second count word
     states[2, 1 + 7, :4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # undecided: a quarter "none", a quarter each digit
     with torch.no_grad():
-        gated = model.model.read_words(tokens, {"convnext": states}, view_mask)
+        gated = model.model.read_words(tokens, {"convnext": states}, global_view_flags(view_mask))
 
     assert gated.shape == tokens.shape
     torch.testing.assert_close(gated[1, 1 + 5], embeddings[12])
@@ -108,7 +109,7 @@ def test_the_character_gate_reads_the_tile_views_only():
     logits[..., 0] = 30.0  # "none" everywhere ...
     logits[:, 1 + 4] = torch.tensor([0.0, 30.0, 0.0])  # ... but cell 4 of every view reads the first character
     with torch.no_grad():
-        gated = model.model.read_words(tokens, {"char_reader": logits}, view_mask)
+        gated = model.model.read_words(tokens, {"char_reader": logits}, global_view_flags(view_mask))
     tiles = torch.tensor([False, True, True, False, True, True, True, True])  # views 0 and 3 are global views
     torch.testing.assert_close(gated[tiles, 1 + 4], embeddings[30].expand(int(tiles.sum()), -1))
     torch.testing.assert_close(gated[~tiles], tokens[~tiles])
@@ -140,3 +141,69 @@ def test_a_character_reader_saves_and_loads(tmp_path):
     assert loaded.config.char_reader_config.num_labels == 3
     for name, tensor in model.model.char_reader.state_dict().items():
         torch.testing.assert_close(loaded.model.char_reader.state_dict()[name], tensor)
+
+
+# The tiny preset's image has 2x2 tiles of 16x16 cells: 32 columns and 32 rows, each named by a run of two words.
+PLACES = {"hidden_size": 4, "column_token_ids": [[100 + column, 150 + column] for column in range(32)],
+          "row_token_ids": [[300 + row, 350 + row] for row in range(32)]}
+
+
+def test_a_place_writes_its_column_and_row_words_in_the_tile_views():
+    """Where the place reader finds an object's centre in a tile, that cell and the next three (reading order) become
+    the words of the cell's image-wide column, then of its row; global views and other cells stay as they are."""
+    model, _ = make_tiny_model_and_processor(place_words=PLACES)
+    hidden, embeddings = model.config.text_config.hidden_size, model.get_input_embeddings().weight.detach()
+    view_mask = torch.tensor([[True, True, False, True, True], [True, False, False, False, False]])
+    n_views, grid = int(view_mask.sum()), model.config.token_grid_size
+    tokens = torch.randn(n_views, 1 + grid * grid, hidden)
+    states = torch.randn(n_views, 1 + grid * grid, model.config.convnext_config.hidden_sizes[-1])
+    reader = model.model.place_reader
+    with torch.no_grad():  # the reader reads a marker channel: certain of a centre at (row 2, column 5), none elsewhere
+        for parameter in reader.parameters():
+            parameter.zero_()
+        reader.conv.weight[0, 0, 1, 1] = 1.0  # the 3x3 convolution's middle tap of state channel 0
+        reader.head.weight[0, 0] = 80.0
+        reader.head.bias.fill_(-40.0)
+        states[:, 1:, 0] = 0.0
+        states[:, 1 + 2 * grid + 5, 0] = 1.0
+        named = model.model.write_places(tokens, states, view_mask)
+
+    # Kept views: image 0's global view, tiles 0, 2 and 3 (of the 2x2 grid), image 1's global view.
+    image_cells = {1: (2, 5), 2: (16 + 2, 5), 3: (16 + 2, 16 + 5)}  # view -> the marked cell's image row, column
+    changed = torch.zeros(n_views, 1 + grid * grid, dtype=torch.bool)
+    for view, (row, column) in image_cells.items():
+        run = PLACES["column_token_ids"][column] + PLACES["row_token_ids"][row]
+        for step, token_id in enumerate(run):
+            cell = 1 + 2 * grid + 5 + step
+            torch.testing.assert_close(named[view, cell], embeddings[token_id], atol=1e-5, rtol=1e-5)
+            changed[view, cell] = True
+    torch.testing.assert_close(named[~changed], tokens[~changed])  # global views, global tokens, other cells
+
+
+def test_image_features_carry_the_place_words():
+    torch.manual_seed(0)
+    model, processor = make_tiny_model_and_processor(place_words=PLACES)
+    inputs = processor.image_processor(torch.rand(3, 300, 500), return_tensors="pt", do_rescale=False)
+    head = model.model.place_reader.head
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.fill_(-40.0)  # no centre anywhere: the tokens as they are
+        plain = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).pooler_output[0]
+        head.bias.fill_(40.0)  # a centre everywhere: each tile cell holds the word its left neighbours' runs end on
+        named = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).pooler_output[0]
+    grid, per_view = model.config.token_grid_size, model.config.tokens_per_view
+    global_view = slice(0, per_view)
+    torch.testing.assert_close(named[global_view], plain[global_view])
+    first_tile_cells = named[per_view + 2:per_view + 2 + grid * grid]  # after the start tag and the global token
+    assert not torch.allclose(first_tile_cells, plain[per_view + 2:per_view + 2 + grid * grid])
+
+
+@pytest.mark.parametrize("place_words", [
+    {**PLACES, "row_token_ids": PLACES["row_token_ids"][:16]},
+    {**PLACES, "row_token_ids": [[300 + row] for row in range(32)]},
+    {**PLACES, "hidden_size": 0},
+    {"column_token_ids": PLACES["column_token_ids"]},
+])
+def test_malformed_place_words_are_refused(place_words):
+    with pytest.raises(ValueError, match="place_words .* is malformed: it needs a ConvNeXt expert"):
+        preset_config("tiny-random", place_words=place_words)

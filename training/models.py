@@ -14,7 +14,7 @@ from .recipe import VISION_ENCODERS, RecipeError
 
 
 # Module names relative to `SphinxXForConditionalGeneration`, as peft matches them (`re.fullmatch`).
-VISION_ENCODER_MODULES = r"model\.(clip|convnext|dinov2|qformer|char_reader)\..*"
+VISION_ENCODER_MODULES = r"model\.(clip|convnext|dinov2|qformer|char_reader|place_reader)\..*"
 # Attention and MLP projections of the LLM's decoder layers (Mixtral: attention only; its experts are 3D parameters,
 # adapted with `peft.target_parameters`, and its router `mlp.gate` is left alone).
 LLM_LINEAR_LAYERS = r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"

@@ -39,7 +39,7 @@ FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
 DTYPES = ("float32", "bfloat16", "float16", "auto")
 # `SphinxXModel`'s visual experts and its character reader (trained, frozen and saved alike)
-VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer", "char_reader")
+VISION_ENCODERS = ("clip", "convnext", "dinov2", "qformer", "char_reader", "place_reader")
 
 
 class RecipeError(ValueError):
