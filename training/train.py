@@ -67,12 +67,15 @@ class SphinxXSFTTrainer(SFTTrainer):
             trl_logger.removeFilter(not_trl_stop_token_warning)
 
     def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        if self.vision_encoder_learning_rate is None:
-            return optimizer
         # By name, so that the trained copies peft keeps of encoders in `modules_to_save` count too.
-        encoder_parameters = {id(parameter) for name, parameter in self.model.named_parameters()
-                              if ENCODER_PARAMETER.search(name)}
+        encoders = [parameter for name, parameter in self.model.named_parameters() if ENCODER_PARAMETER.search(name)]
+        if self.vision_encoder_learning_rate == 0:  # kept as they are: no gradient is computed through them at all
+            for parameter in encoders:
+                parameter.requires_grad_(False)
+        optimizer = super().create_optimizer(model)
+        if self.vision_encoder_learning_rate in (None, 0):
+            return optimizer
+        encoder_parameters = {id(parameter) for parameter in encoders}
         groups, encoder_groups = [], []
         for group in optimizer.param_groups:  # weight decay / no decay, each split into the rest / encoders
             rest = [parameter for parameter in group["params"] if id(parameter) not in encoder_parameters]
