@@ -78,15 +78,6 @@ def build_views(canvas: torch.Tensor, view_size: int, grid: list[int], tile_size
     return torch.cat([global_view, tiles], dim=1)[view_mask]
 
 
-def global_view_flags(view_mask: torch.Tensor) -> torch.Tensor:
-    """`[B, 1 + num_tiles]` bool encoded views per image (global view first) -> `[n_views]` bool, `True` at each
-    image's global view among the encoded views."""
-    kept = view_mask.sum(dim=1)
-    is_global = torch.zeros(int(kept.sum()), dtype=torch.bool, device=view_mask.device)
-    is_global[kept.cumsum(dim=0) - kept] = True
-    return is_global
-
-
 def check_model_inputs(config, vocab_size: int, input_ids=None, pixel_values=None, image_tile_mask=None) -> None:
     """Refuse inputs the model would misread, with the shape or value at fault: `pixel_values` `[B, 3, H, W]` finite
     floats at the canvas size, `image_tile_mask` `[B, num_tiles]`, `input_ids` within the vocabulary (or the image
@@ -396,19 +387,23 @@ class SphinxXModel(SphinxXPreTrainedModel):
             return base_views
         return resample_like_reference(base_views, (view_size, view_size), mode="nearest")
 
-    def read_words(self, view_tokens: torch.Tensor, reader_states: dict, is_global: torch.Tensor) -> torch.Tensor:
+    def read_words(self, view_tokens: torch.Tensor, reader_states: dict, view_mask: torch.Tensor) -> torch.Tensor:
         """Apply the `config.reader_words` gates: where a reader reads a word, the token becomes it.
 
         Args:
             view_tokens: `[n_views, 1 + g*g, hidden]` projected tokens (global token, then the row-major grid).
             reader_states: per reader name (`"convnext"`, `"char_reader"`), `[n_views, 1 + g*g, C]` its output (mean
                 token, then the grid).
-            is_global: `[n_views]` bool, `True` for each image's global view.
+            view_mask: `[B, 1 + num_tiles]` bool, the encoded views of each image (its global view first).
 
         Returns:
             `[n_views, 1 + g*g, hidden]`: per gated cell `p_none * token + sum_k p_k * embedding(token_ids[k])`.
         """
         embeddings = self.get_input_embeddings().weight
+        kept = view_mask.sum(dim=1)
+        global_views = kept.cumsum(dim=0) - kept
+        is_global = torch.zeros(view_tokens.shape[0], dtype=torch.bool, device=view_tokens.device)
+        is_global[global_views] = True
         grid = view_tokens[:, 1:]
         for gate in self.config.reader_words:
             first, last = gate["channels"]
@@ -418,7 +413,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             gated = (probabilities[..., :1] * grid.float() + words).to(grid.dtype)
             if gate["cells"] == "global_first":
                 cells = torch.zeros(grid.shape[:2], dtype=torch.bool, device=grid.device)
-                cells[is_global, 0] = True
+                cells[global_views, 0] = True
                 gated = torch.where(cells[..., None], gated, grid)
             elif gate["cells"] == "tiles":
                 gated = torch.where(is_global[:, None, None], grid, gated)
@@ -502,7 +497,6 @@ class SphinxXModel(SphinxXPreTrainedModel):
         encoder_outputs = [encoder(views[view_size], **kwargs) for encoder, view_size in grid_encoders]
         view_tokens = self.visual_projector(torch.cat([out.last_hidden_state for out in encoder_outputs], dim=-1))
         if config.reader_words or self.place_reader is not None:
-            is_global = global_view_flags(view_mask)
             readers = {}
             if self.convnext is not None:
                 convnext = next(out for (encoder, _), out in zip(grid_encoders, encoder_outputs)
@@ -511,7 +505,7 @@ class SphinxXModel(SphinxXPreTrainedModel):
             if self.char_reader is not None and config.reader_words:
                 readers["char_reader"] = self.char_reader(views[config.char_reader_config.image_size])
             if config.reader_words:
-                view_tokens = self.read_words(view_tokens, readers, is_global)
+                view_tokens = self.read_words(view_tokens, readers, view_mask)
             if self.place_reader is not None:
                 view_tokens = self.write_places(view_tokens, readers["convnext"], view_mask)
         if self.qformer is not None:

@@ -1,12 +1,12 @@
 """`SphinxXConfig.reader_words`: where a reader trained to read labels reads a word, the LLM receives that word's
 input embedding in place of the fused token (the embedded demo model's Set-of-Mark digits and its count from the
-ConvNeXt expert, code characters from its character reader)."""
+ConvNeXt expert, code characters from its character reader); and `SphinxXConfig.place_words`, where a place
+reader finds an object's centre, the words of its place."""
 
 import pytest
 import torch
 
 import sphinx_x
-from sphinx_x.modeling_sphinx_x import global_view_flags
 from sphinx_x.presets import preset_config
 
 from conftest import make_tiny_model_and_processor
@@ -42,7 +42,7 @@ def test_a_read_word_replaces_the_token_and_nothing_else():
     states[:, 1, 4:7] = torch.tensor([0.0, 0.0, 30.0])  # every view's first cell reads the second count word
     states[2, 1 + 7, :4] = torch.tensor([0.0, 0.0, 0.0, 0.0])  # undecided: a quarter "none", a quarter each digit
     with torch.no_grad():
-        gated = model.model.read_words(tokens, {"convnext": states}, global_view_flags(view_mask))
+        gated = model.model.read_words(tokens, {"convnext": states}, view_mask)
 
     assert gated.shape == tokens.shape
     torch.testing.assert_close(gated[1, 1 + 5], embeddings[12])
@@ -109,7 +109,7 @@ def test_the_character_gate_reads_the_tile_views_only():
     logits[..., 0] = 30.0  # "none" everywhere ...
     logits[:, 1 + 4] = torch.tensor([0.0, 30.0, 0.0])  # ... but cell 4 of every view reads the first character
     with torch.no_grad():
-        gated = model.model.read_words(tokens, {"char_reader": logits}, global_view_flags(view_mask))
+        gated = model.model.read_words(tokens, {"char_reader": logits}, view_mask)
     tiles = torch.tensor([False, True, True, False, True, True, True, True])  # views 0 and 3 are global views
     torch.testing.assert_close(gated[tiles, 1 + 4], embeddings[30].expand(int(tiles.sum()), -1))
     torch.testing.assert_close(gated[~tiles], tokens[~tiles])
