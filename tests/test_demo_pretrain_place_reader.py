@@ -75,3 +75,8 @@ def test_the_places_preset_is_the_demo_with_a_place_reader():
     assert shipped == places
     model = sphinx_x.SphinxXForConditionalGeneration(preset_config("sphinx-x-demo-places"))
     assert sum(parameter.numel() for parameter in model.model.place_reader.parameters()) == 110_721
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing: no such model folder"):
+        pretrain(tmp_path / "missing", images=2, steps=1)

@@ -111,6 +111,21 @@ def word_accuracy(predicted: torch.Tensor, labels: list[tuple], vocabulary: dict
     return sum(keys[i] == label for i, label in zip(nearest, labels)) / len(labels)
 
 
+def load_in_place(model_dir: Path):
+    """`(folder, model, processor)` of the SPHINX-X folder `model_dir`, float32, in eval mode; `folder` is resolved, so
+    that `save_in_place` replaces the folder a link points to."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
+
+    folder = Path(model_dir).resolve()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{model_dir}: no such model folder (it needs a config.json). Pass a demo model "
+                                "folder, e.g. from `python -m sphinx_x.demo base DST`.")
+    model = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    return folder, model, AutoProcessor.from_pretrained(folder)
+
+
 def save_in_place(model, processor, model_dir: Path) -> None:
     """Rewrite the model folder `model_dir` with `model` and `processor` (a temporary folder, then a rename)."""
     with atomic_output_folder(model_dir, overwrite=True) as folder:
@@ -120,13 +135,7 @@ def save_in_place(model, processor, model_dir: Path) -> None:
 
 def initialise(model_dir: Path, images: int = 300) -> dict:
     """Fit the projector of the SPHINX-X folder `model_dir` (see the module docstring) and save it in place."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
-
-    model_dir = Path(model_dir).resolve()  # a link to the folder: replace the folder it points to
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model_dir, model, processor = load_in_place(model_dir)
     train_x, train_y, _ = examples(model, processor, images)
     test_x, test_y, test_labels = examples(model, processor, max(images // 5, 10), seed=2)
     mean, std = train_x.mean(0), train_x.std(0) + 1e-6

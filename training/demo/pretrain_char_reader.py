@@ -18,7 +18,6 @@ The reader starts fresh (with `--resume`, from MODEL's character reader, on new 
 saved into MODEL in place (a temporary folder, then a rename); the rest of MODEL is unchanged.
 """
 
-import argparse
 import random
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ from tqdm import tqdm
 
 from ...presets import DEMO_CODE_CHARACTERS
 from ..synthetic.render import advance
-from .init_projector import save_in_place, token_regions
-from .pretrain_reader import marked_scene, pretrain_report, reader_optimizer
+from .init_projector import load_in_place, save_in_place, token_regions
+from .pretrain_reader import marked_scene, pretrain_parser, pretrain_report, print_report, reader_optimizer
 
 
 IGNORED = -100  # a label that teaches nothing (`F.cross_entropy`'s ignore_index)
@@ -143,16 +142,10 @@ def pretrain(model_dir: Path, images: int = 10000, steps: int = 1100, batch: int
              seed: int = 0, resume: bool = False) -> dict:
     """Train a character reader for `model_dir`, fresh or (`resume`) from its current one (see the module docstring),
     and save the model in place."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
-
     from ...modeling_sphinx_x import SphinxXCharReader
 
-    model_dir = Path(model_dir).resolve()
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model_dir, model, processor = load_in_place(model_dir)
     if model.model.char_reader is None:
         raise ValueError(f"{model_dir} has no character reader (char_reader_config) to pretrain.")
     train = char_examples(model, processor, images, seed=seed + 6, split="train")
@@ -189,21 +182,12 @@ def pretrain(model_dir: Path, images: int = 10000, steps: int = 1100, batch: int
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a demo model folder with a character reader")
-    parser.add_argument("--images", type=int, default=10000, help="synthetic training images")
-    parser.add_argument("--steps", type=int, default=1100, help="training steps of --batch tile views")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser = pretrain_parser(__doc__, "a demo model folder with a character reader", 10000, 1100, 64, 2e-3)
     parser.add_argument("--seed", type=int, default=0, help="seeds the images (train: seed + 6, held out: seed + 7)")
     parser.add_argument("--resume", action="store_true", help="go on from MODEL's character reader")
     args = parser.parse_args(argv)
-    try:
-        report = pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate, args.seed, args.resume)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    for key, value in report.items():
-        print(f"{key}: {value}")
+    print_report(parser, lambda: pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate,
+                                          args.seed, args.resume))
 
 
 if __name__ == "__main__":

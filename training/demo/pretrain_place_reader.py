@@ -16,17 +16,15 @@ from a dense label per cell: 1 where a drawn shape's box centre lies in it. MODE
 place (a temporary folder, then a rename); its config must have `place_words` (the `sphinx-x-demo` preset).
 """
 
-import argparse
 import random
-import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .init_projector import save_in_place, token_regions
-from .pretrain_reader import pretrain_report, reader_optimizer
+from .init_projector import load_in_place, save_in_place, token_regions
+from .pretrain_reader import fit_reader, pretrain_parser, pretrain_report, print_report
 
 
 # Scenes the place reader learns from: grounding scenes first, the other shape scenes so it also knows them.
@@ -91,15 +89,10 @@ def place_accuracy(reader, states: torch.Tensor, labels: torch.Tensor) -> dict:
 def pretrain(model_dir: Path, images: int = 12000, steps: int = 2000, batch: int = 128, learning_rate: float = 3e-3,
              seed: int = 0) -> dict:
     """Train a fresh place reader for `model_dir` on its ConvNeXt's tile views and save the model in place."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from ...modeling_sphinx_x import SphinxXPlaceReader
 
-    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
-    from sphinx_x.modeling_sphinx_x import SphinxXPlaceReader
-
-    model_dir = Path(model_dir).resolve()
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model_dir, model, processor = load_in_place(model_dir)
     config = model.config
     if model.model.place_reader is None:
         raise ValueError(f"{model_dir} has no place reader: its config needs `place_words` (the sphinx-x-demo "
@@ -108,16 +101,7 @@ def pretrain(model_dir: Path, images: int = 12000, steps: int = 2000, batch: int
     heldout = place_examples(model, processor, max(images // 10, 10), seed=seed + 7, split="heldout")
     reader = SphinxXPlaceReader(config.convnext_config.hidden_sizes[-1], config.place_words["hidden_size"],
                                 config.token_grid_size)
-    optimizer, schedule = reader_optimizer(reader, learning_rate, steps)
-    generator = torch.Generator().manual_seed(seed)
-    started = time.time()
-    for _ in tqdm(range(steps), desc="place reader", unit="step"):
-        chosen = torch.randint(len(train[0]), (batch,), generator=generator)
-        loss = place_loss(reader, train[0][chosen], train[1][chosen])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
+    started = fit_reader(reader, place_loss, train, steps, batch, learning_rate, seed, "place reader")
     model.model.place_reader.load_state_dict(reader.state_dict())
     report = pretrain_report(len(train[0]), steps, started, place_accuracy(reader, *heldout))
     save_in_place(model, processor, model_dir)
@@ -125,19 +109,9 @@ def pretrain(model_dir: Path, images: int = 12000, steps: int = 2000, batch: int
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a demo model folder with its pretrained ConvNeXt reader")
-    parser.add_argument("--images", type=int, default=12000, help="synthetic training scenes")
-    parser.add_argument("--steps", type=int, default=2000, help="training steps of --batch tile views")
-    parser.add_argument("--batch", type=int, default=128)
-    parser.add_argument("--learning-rate", type=float, default=3e-3)
+    parser = pretrain_parser(__doc__, "a demo model folder with its pretrained ConvNeXt reader", 12000, 2000, 128, 3e-3)
     args = parser.parse_args(argv)
-    try:
-        report = pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    for key, value in report.items():
-        print(f"{key}: {value}")
+    print_report(parser, lambda: pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate))
 
 
 if __name__ == "__main__":

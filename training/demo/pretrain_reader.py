@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ..synthetic.scene import COLORS, SHAPES, draw_mark, make_scene, mark_center
-from .init_projector import save_in_place, token_regions
+from .init_projector import load_in_place, save_in_place, token_regions
 
 
 MAX_COUNT = 7
@@ -174,6 +174,45 @@ def reader_optimizer(reader, learning_rate: float, steps: int):
     return optimizer, schedule
 
 
+def fit_reader(reader, loss_of, examples: tuple, steps: int, batch: int, learning_rate: float, seed: int, desc: str):
+    """Train `reader` for `steps` steps of `batch` examples drawn at random from `examples` (tensors indexed alike),
+    minimising `loss_of(reader, *chosen)` with `reader_optimizer`. Returns the start time (for `pretrain_report`)."""
+    optimizer, schedule = reader_optimizer(reader, learning_rate, steps)
+    generator = torch.Generator().manual_seed(seed)
+    reader.train()
+    started = time.time()
+    for _ in tqdm(range(steps), desc=desc, unit="step"):
+        chosen = torch.randint(len(examples[0]), (batch,), generator=generator)
+        loss = loss_of(reader, *(tensor[chosen] for tensor in examples))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    reader.eval()
+    return started
+
+
+def pretrain_parser(doc: str, model_help: str, images: int, steps: int, batch: int, learning_rate: float):
+    """The command line the reader pretrainings share: MODEL, --images, --steps, --batch, --learning-rate."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("model", type=Path, help=model_help)
+    parser.add_argument("--images", type=int, default=images, help="synthetic training images")
+    parser.add_argument("--steps", type=int, default=steps, help="training steps of --batch views")
+    parser.add_argument("--batch", type=int, default=batch)
+    parser.add_argument("--learning-rate", type=float, default=learning_rate)
+    return parser
+
+
+def print_report(parser: argparse.ArgumentParser, run) -> None:
+    """Run a pretraining (`run()` returns its report) and print the report, or exit with one error line."""
+    try:
+        report = run()
+    except (OSError, ValueError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    for key, value in report.items():
+        print(f"{key}: {value}")
+
+
 def pretrain_report(views: int, steps: int, started: float, heldout: dict) -> dict:
     """What a reader's pretraining prints at its end: its size, its minutes and its held-out figures (rounded)."""
     return {"train views": views, "steps": steps, "minutes": round((time.time() - started) / 60, 1),
@@ -184,32 +223,17 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
              seed: int = 0) -> dict:
     """Train a fresh ConvNeXt reader for `model_dir`, point the projector's ConvNeXt columns at its label words
     (see the module docstring) and save the model in place."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor, ConvNextModel
+    from transformers import ConvNextModel
 
-    import sphinx_x  # noqa: F401  (registers the model with the Auto classes)
-
-    model_dir = Path(model_dir).resolve()
     torch.manual_seed(seed)
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32).eval()
-    processor = AutoProcessor.from_pretrained(model_dir)
+    model_dir, model, processor = load_in_place(model_dir)
     if model.model.convnext is None:
         raise ValueError(f"{model_dir} has no ConvNeXt expert to pretrain.")
     train = reader_examples(model, processor, images, seed=seed + 4, split="train")
     heldout = reader_examples(model, processor, max(images // 30, 10), seed=seed + 5, split="heldout")
     reader = model.model.convnext
     reader.model = ConvNextModel(reader.model.config)  # fresh: it learns to read from the dense labels
-    optimizer, schedule = reader_optimizer(reader, learning_rate, steps)
-    generator = torch.Generator().manual_seed(seed)
-    reader.train()
-    started = time.time()
-    for _ in tqdm(range(steps), desc="reader", unit="step"):
-        chosen = torch.randint(len(train[0]), (batch,), generator=generator)
-        loss = reader_loss(reader, train[0][chosen], train[1][chosen])
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-    reader.eval()
+    started = fit_reader(reader, reader_loss, train[:2], steps, batch, learning_rate, seed, "reader")
     projector = model.model.visual_projector.linear
     with torch.no_grad():
         projector.weight[:, :reader.model.config.hidden_sizes[-1]] = reader_columns(model, processor.tokenizer)
@@ -219,19 +243,9 @@ def pretrain(model_dir: Path, images: int = 6000, steps: int = 1400, batch: int 
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model", type=Path, help="a demo model folder (`python -m sphinx_x.demo base`)")
-    parser.add_argument("--images", type=int, default=6000, help="synthetic training scenes")
-    parser.add_argument("--steps", type=int, default=1400, help="training steps of --batch views")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--learning-rate", type=float, default=2e-3)
+    parser = pretrain_parser(__doc__, "a demo model folder (`python -m sphinx_x.demo base`)", 6000, 1400, 64, 2e-3)
     args = parser.parse_args(argv)
-    try:
-        report = pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate)
-    except (OSError, ValueError) as error:
-        parser.exit(2, f"{parser.prog}: error: {error}\n")
-    for key, value in report.items():
-        print(f"{key}: {value}")
+    print_report(parser, lambda: pretrain(args.model, args.images, args.steps, args.batch, args.learning_rate))
 
 
 if __name__ == "__main__":
