@@ -504,10 +504,11 @@ class SphinxXModel(SphinxXPreTrainedModel):
                 readers["convnext"] = convnext.last_hidden_state
             if self.char_reader is not None and config.reader_words:
                 readers["char_reader"] = self.char_reader(views[config.char_reader_config.image_size])
-            if config.reader_words:
-                view_tokens = self.read_words(view_tokens, readers, view_mask)
+            # Places first: where a gate reads a word (a Set-of-Mark label on a shape's centre cell), its word wins.
             if self.place_reader is not None:
                 view_tokens = self.write_places(view_tokens, readers["convnext"], view_mask)
+            if config.reader_words:
+                view_tokens = self.read_words(view_tokens, readers, view_mask)
         if self.qformer is not None:
             qformer_views = self.encoder_views(pixel_values, config.qformer_config.vision_config.image_size, view_mask)
             qformer_outputs = self.qformer(qformer_views, **kwargs)

@@ -221,16 +221,21 @@ def demo_reader_words() -> list[dict]:
 DEMO_HALF_SIDE = 0.14
 
 
+# SmolLM2's tokens for the number words " zero" ... " nine" (one token each).
+SMOLLM2_NUMBER_WORD_IDS = [6708, 582, 827, 1296, 1876, 2531, 2976, 4962, 4475, 7462]
+
+
 def demo_place_words() -> dict:
     """The demo's place reader (`SphinxXConfig.place_words`) on its 16x16 tile cells: from a cell holding an object's
     centre, the LLM reads the two decimals of the left edge of a box of the mean size around the cell's centre, then
-    those of its top edge, each digit a SmolLM2 token (32-41). A grounding answer `[0.ab,0.cd,...]` then copies them
-    (`training.demo.pretrain_place_reader`)."""
+    those of its top edge, each digit a SmolLM2 number word (" zero" ... " nine"). A grounding answer
+    `[0.ab,0.cd,...]` writes them as digits (`training.demo.pretrain_place_reader`). Number words, not the digit
+    tokens: a Set-of-Mark label is a digit token drawn on the same cell, and the question looks it up by its token."""
     cells = 16
 
     def decimals(index: int) -> list[int]:
         edge = max(0.0, (index + 0.5) / cells - DEMO_HALF_SIDE)
-        return [smollm2_character_id(digit) for digit in f"{edge:.2f}"[2:]]
+        return [SMOLLM2_NUMBER_WORD_IDS[int(digit)] for digit in f"{edge:.2f}"[2:]]
 
     return {"hidden_size": 64, "column_token_ids": [decimals(index) for index in range(cells)],
             "row_token_ids": [decimals(index) for index in range(cells)]}

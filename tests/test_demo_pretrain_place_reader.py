@@ -28,14 +28,14 @@ def test_centre_labels_mark_the_cell_of_each_box_centre_in_its_tile():
 def test_the_demo_place_words_are_the_decimals_of_a_mean_box_edge():
     words = preset_config("sphinx-x-demo-places").place_words
     tokenizer = sphinx_x.SphinxXProcessor.from_pretrained(demo.demo_model_path()).tokenizer
+    names = " zero one two three four five six seven eight nine".split(" ")[1:]
     for runs in (words["column_token_ids"], words["row_token_ids"]):
         assert len(runs) == 16
         for index, run in enumerate(runs):
             edge = max(0.0, (index + 0.5) / 16 - DEMO_HALF_SIDE)
-            assert tokenizer.decode(run) == f"{edge:.2f}"[2:]
-    # The answer "[0.21,..." writes the left edge's decimals with the same two tokens.
-    answer = tokenizer("[0.21,0.40,0.49,0.68]", add_special_tokens=False)["input_ids"]
-    assert answer[3:5] == tokenizer("21", add_special_tokens=False)["input_ids"]
+            # One number word per decimal ("0.21" -> " two one"), none of them a digit token a mark or code uses.
+            assert tokenizer.decode(run) == "".join(f" {names[int(digit)]}" for digit in f"{edge:.2f}"[2:])
+            assert not set(run) & set(tokenizer("0123456789", add_special_tokens=False)["input_ids"])
 
 
 def with_place_words(folder):

@@ -5,6 +5,7 @@ reader finds an object's centre, the words of its place."""
 
 import pytest
 import torch
+from transformers.modeling_outputs import BaseModelOutput
 
 import sphinx_x
 from sphinx_x.presets import preset_config
@@ -196,6 +197,40 @@ def test_image_features_carry_the_place_words():
     torch.testing.assert_close(named[global_view], plain[global_view])
     first_tile_cells = named[per_view + 2:per_view + 2 + grid * grid]  # after the start tag and the global token
     assert not torch.allclose(first_tile_cells, plain[per_view + 2:per_view + 2 + grid * grid])
+
+
+def test_a_read_word_wins_the_cell_of_a_place():
+    """A Set-of-Mark label is drawn on its shape's centre, the cell the place reader marks: the label's word keeps that
+    cell (places are written first, the gates after them), and the place's words fill the cells after it."""
+    model, processor = make_tiny_model_and_processor(reader_words=[DIGITS], place_words=PLACES)
+    inputs = processor.image_processor(torch.rand(3, 512, 512), return_tensors="pt", do_rescale=False)
+    embeddings, grid = model.get_input_embeddings().weight.detach(), model.config.token_grid_size
+    convnext = model.model.convnext
+
+    def label_on_cell_five(views):  # cell 5 of every view: the second digit, and a centre (channel 8)
+        states = torch.zeros(views.shape[0], 1 + grid * grid, model.config.convnext_config.hidden_sizes[-1])
+        states[..., 0] = 30.0
+        states[:, 1 + 5, :4] = torch.tensor([0.0, 0.0, 30.0, 0.0])
+        states[:, 1 + 5, 8] = 1.0
+        return BaseModelOutput(last_hidden_state=states)
+
+    convnext.forward = label_on_cell_five
+    reader = model.model.place_reader
+    with torch.no_grad():  # the place reader reads channel 8: certain of a centre at cell 5, none elsewhere
+        for parameter in reader.parameters():
+            parameter.zero_()
+        reader.conv.weight[0, 8, 1, 1] = 1.0
+        reader.head.weight[0, 0] = 80.0
+        reader.head.bias.fill_(-40.0)
+        tokens = model.get_image_features(inputs["pixel_values"], inputs["image_tile_mask"]).last_hidden_state
+    assert tokens.shape[0] == 5  # the global view and four tiles
+    torch.testing.assert_close(tokens[0, 1 + 5], embeddings[12])
+    for tile in range(4):
+        column, row = tile % 2 * grid + 5, tile // 2 * grid
+        run = PLACES["column_token_ids"][column] + PLACES["row_token_ids"][row]
+        torch.testing.assert_close(tokens[1 + tile, 1 + 5], embeddings[12])  # the label, not the run's first word
+        for step in (1, 2, 3):
+            torch.testing.assert_close(tokens[1 + tile, 1 + 5 + step], embeddings[run[step]], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("place_words", [
