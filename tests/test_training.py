@@ -275,6 +275,43 @@ def test_lora_adapter_saves_reloads_and_merges(tmp_path):
     assert type(merged).__name__ == "SphinxXForConditionalGeneration"
 
 
+def test_lora_starts_from_a_saved_adapter(tmp_path):
+    """`model.adapter`: a second run starts from the first run's LoRA and saved modules (at learning rate 0 it saves
+    them unchanged); a folder without an adapter, or one of another rank, is one clear error."""
+    save_base_model(tmp_path / "base")
+    source = write_colour_dataset(tmp_path / "data")
+    peft = {"method": "lora", "r": 8, "lora_alpha": 16, "modules_to_save": ["visual_projector"]}
+
+    def run(name: str, learning_rate: float, **model):
+        recipe = write_recipe(tmp_path, model={"path": str(tmp_path / "base"), **model},
+                              data={"train": {"sources": [source]}}, peft=peft,
+                              sft={**CPU_SFT, "output_dir": str(tmp_path / name), "max_steps": 2,
+                                   "learning_rate": learning_rate})
+        train_from_recipe(recipe)
+        return load_file(tmp_path / name / "adapter_model.safetensors")
+
+    first = run("first", 1e-2)
+    started = run("second", 0.0, adapter=str(tmp_path / "first"))
+    assert set(started) == set(first) and any(".visual_projector." in key for key in first)
+    for key, tensor in first.items():
+        torch.testing.assert_close(started[key], tensor, rtol=0, atol=0)
+    fresh = run("fresh", 0.0)  # without `model.adapter`: new LoRA weights
+    assert not all(torch.equal(fresh[key], first[key]) for key in first)
+
+    with pytest.raises(RecipeError, match=r"`model.adapter`: .*adapter_model.safetensors does not exist"):
+        run("missing", 0.0, adapter=str(tmp_path / "base"))
+    peft["r"] = 4
+    with pytest.raises(RecipeError, match="does not fit this model and `peft` section"):
+        run("other-rank", 0.0, adapter=str(tmp_path / "first"))
+
+
+def test_an_adapter_needs_peft():
+    recipe = {"model": {"path": "m", "adapter": "a"}, "data": {"train": {"sources": [{"path": "d.json"}]}},
+              "sft": {"output_dir": "o"}}
+    with pytest.raises(RecipeError, match="`model.adapter` starts LoRA from a saved adapter: the recipe needs a"):
+        parse_recipe(recipe)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU error")
 def test_qlora_without_cuda_is_a_clear_error(tmp_path):
     save_base_model(tmp_path / "base")

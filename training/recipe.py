@@ -8,6 +8,7 @@ model:                      # exactly one of `path` and `preset`
   config_overrides: {}                # preset only: SphinxXConfig fields
   dtype: float32                      # float32 | bfloat16 | float16 | auto
   attn_implementation: auto           # the LLM's; auto: flash_attention_2 with flash-attn and CUDA, else sdpa
+  adapter: runs/earlier-run           # with `peft`: start from this saved adapter's weights (a fresh optimizer)
 data:
   train: mixtures/sft.yaml            # a mixture file, or the mixture inline (see `data.load_mixture`)
   eval: {sources: [{path: val.json, root: images/}]}
@@ -33,7 +34,7 @@ import yaml
 
 
 SECTIONS = {"model": True, "data": True, "sft": True, "peft": False, "freeze": False}
-MODEL_KEYS = {"path", "preset", "tokenizer", "config_overrides", "dtype", "attn_implementation"}
+MODEL_KEYS = {"path", "preset", "tokenizer", "config_overrides", "dtype", "attn_implementation", "adapter"}
 DATA_KEYS = {"train", "eval", "spelled_answers"}
 FREEZE_KEYS = {"vision_encoders", "vision_encoder_learning_rate"}
 PEFT_METHODS = ("lora", "qlora")
@@ -202,6 +203,8 @@ def parse_recipe(content: dict) -> Recipe:
             raise RecipeError("`freeze.vision_encoder_learning_rate` must be a number, got "
                               f"{freeze['vision_encoder_learning_rate']!r}.")
 
+    if "adapter" in model and peft is None:
+        raise RecipeError("`model.adapter` starts LoRA from a saved adapter: the recipe needs a `peft` section.")
     if peft is not None:
         check_keys("peft", peft, lora_fields() | {"method"})
         if peft.get("method") not in PEFT_METHODS:

@@ -138,12 +138,32 @@ class TrainResult:
     trainer: SFTTrainer
 
 
+def load_start_adapter(model, folder) -> None:
+    """Start the LoRA weights and `peft.modules_to_save` of the peft-wrapped `model` from the adapter saved in `folder`
+    (`model.adapter`); the optimizer starts fresh. Modules the adapter lacks keep their base weights."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    path = Path(folder) / "adapter_model.safetensors"
+    if not path.is_file():
+        raise RecipeError(f"`model.adapter`: {path} does not exist; give the folder a LoRA run saved its adapter in.")
+    try:
+        unexpected = set_peft_model_state_dict(model, load_file(path)).unexpected_keys
+    except RuntimeError as error:  # a tensor of another shape (another `r`, another model)
+        raise RecipeError(f"`model.adapter` {folder} does not fit this model and `peft` section: "
+                          f"{str(error).splitlines()[-1].strip()}") from None
+    if unexpected:
+        raise RecipeError(f"`model.adapter` {folder} does not fit this model and `peft` section: {len(unexpected)} of "
+                          f"its tensors have no place here (e.g. {unexpected[0]}).")
+
+
 def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
     """Train as a recipe says (see `recipe.py` for its sections); `overrides` is a nested mapping merged on top.
 
     Model, processor and data come from the recipe; `SFTTrainer` runs with the SPHINX-X processor and a collator that
-    skips bad records. Resumes from `sft.resume_from_checkpoint` (a checkpoint folder, or `true` for the last complete
-    one in `output_dir`). Saves the model (or the adapter) with the processor in `sft.output_dir`.
+    skips bad records. LoRA starts from `model.adapter` when given. Resumes from `sft.resume_from_checkpoint` (a
+    checkpoint folder, or `true` for the last complete one in `output_dir`). Saves the model (or the adapter) with the
+    processor in `sft.output_dir`.
     """
     recipe = load_recipe(path, overrides)
     args = recipe.sft_config()
@@ -180,6 +200,8 @@ def train_from_recipe(path, overrides: dict | None = None) -> TrainResult:
         peft_config=recipe.lora_config(),
         vision_encoder_learning_rate=recipe.vision_encoder_learning_rate,
     )
+    if "adapter" in recipe.model:
+        load_start_adapter(trainer.model, recipe.model["adapter"])
     train_output = trainer.train(resume_from_checkpoint=checkpoint)
 
     counts = trainer.accelerator.reduce(collator.skipped.counts.to(trainer.accelerator.device), reduction="sum")
