@@ -7,13 +7,13 @@ the canvas. The LLM did not learn to write where a shape is from the image token
 "Grounding"), but a box follows closely from the tile cell (1/16 of the canvas) that holds the shape's centre: that
 cell and the mean shape size give IoU >= 0.5 for 98.5 % of the held-out boxes. So the place reader
 (`SphinxXConfig.place_words`) marks those cells, and from each marked cell on the model writes the decimals of that
-box's left and top edges as the LLM's own digit words: the answer copies them, as code answers copy the characters
-the character reader writes.
+box's left and top edges as the LLM's number words (" seven" for 7, never a digit token a mark or code uses): the
+answer writes them as digits, as code answers copy the characters the character reader writes.
 
 The reader is a small convolutional head on the ConvNeXt expert's tile-view grid. The ConvNeXt stays as it is (it
 is the pretrained mark and count reader, `pretrain_reader`), so its outputs are computed once and the head learns
 from a dense label per cell: 1 where a drawn shape's box centre lies in it. MODEL's place reader is replaced, in
-place (a temporary folder, then a rename); its config must have `place_words` (the `sphinx-x-demo` preset).
+place (a temporary folder, then a rename); its config must have `place_words` (the `sphinx-x-demo-places` preset).
 """
 
 import random
@@ -95,8 +95,8 @@ def pretrain(model_dir: Path, images: int = 12000, steps: int = 2000, batch: int
     model_dir, model, processor = load_in_place(model_dir)
     config = model.config
     if model.model.place_reader is None:
-        raise ValueError(f"{model_dir} has no place reader: its config needs `place_words` (the sphinx-x-demo "
-                         "preset has them; rebuild the base with `python -m sphinx_x.demo base`).")
+        raise ValueError(f"{model_dir} has no place reader: its config needs `place_words` (rebuild the base with "
+                         "`python -m sphinx_x.demo base DST --preset sphinx-x-demo-places`).")
     train = place_examples(model, processor, images, seed=seed + 6, split="train")
     heldout = place_examples(model, processor, max(images // 10, 10), seed=seed + 7, split="heldout")
     reader = SphinxXPlaceReader(config.convnext_config.hidden_sizes[-1], config.place_words["hidden_size"],
