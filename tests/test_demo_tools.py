@@ -126,3 +126,13 @@ def test_demo_module_runs_as_a_script_without_warnings():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "usage: python -m sphinx_x.demo" in result.stdout, result.stderr[-2000:]
     assert "RuntimeWarning" not in result.stderr
+
+
+def test_loss_plot_of_a_resumed_run_starts_where_it_resumed(tmp_path):
+    history = [{"step": step, "loss": 1.0 / step} for step in range(1110, 1510, 10)]
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"global_step": 1500, "log_history": history}))
+    plot_loss_main([str(state), str(tmp_path / "loss.png")])
+    pixels = np.asarray(PIL.Image.open(tmp_path / "loss.png").convert("RGB"))
+    curve = np.nonzero((pixels == (31, 119, 180)).all(axis=-1))[1]
+    assert curve.min() < 100 and curve.max() > 700  # the axis runs from step 1100, not from 0

@@ -15,24 +15,26 @@ WIDTH, HEIGHT, MARGIN = 800, 480, 60
 
 
 def plot_loss(steps: list[int], losses: list[float], title: str, stage_starts: list[int] = ()) -> Image.Image:
-    """A line plot of `losses` against `steps`, with labelled axes and a grey line where each later stage starts."""
+    """A line plot of `losses` against `steps`, with labelled axes and a grey line where each later stage starts. The
+    step axis starts at the first step rounded down to a multiple of 25 (0 for a run from scratch, where a resumed
+    run starts)."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     low, high = 0.0, max(losses) * 1.05
-    last = max(steps)
+    first, last = min(steps) // 25 * 25, max(steps)
 
     def point(step, loss):
-        x = MARGIN + (WIDTH - 2 * MARGIN) * step / last
+        x = MARGIN + (WIDTH - 2 * MARGIN) * (step - first) / (last - first)
         y = HEIGHT - MARGIN - (HEIGHT - 2 * MARGIN) * (loss - low) / (high - low)
         return x, y
 
     draw.line([(MARGIN, MARGIN), (MARGIN, HEIGHT - MARGIN), (WIDTH - MARGIN, HEIGHT - MARGIN)], fill="black")
     for fraction in (0.0, 0.25, 0.5, 0.75, 1.0):
         loss = low + fraction * (high - low)
-        _, y = point(0, loss)
+        _, y = point(first, loss)
         draw.line([(MARGIN - 5, y), (MARGIN, y)], fill="black")
         draw.text((8, y - 6), f"{loss:.2f}", fill="black")
-        step = round(fraction * last)
+        step = round(first + fraction * (last - first))
         x, _ = point(step, low)
         draw.line([(x, HEIGHT - MARGIN), (x, HEIGHT - MARGIN + 5)], fill="black")
         draw.text((x - 12, HEIGHT - MARGIN + 10), str(step), fill="black")
