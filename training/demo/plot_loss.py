@@ -16,12 +16,12 @@ WIDTH, HEIGHT, MARGIN = 800, 480, 60
 
 def plot_loss(steps: list[int], losses: list[float], title: str, stage_starts: list[int] = ()) -> Image.Image:
     """A line plot of `losses` against `steps`, with labelled axes and a grey line where each later stage starts. The
-    step axis starts at the first step rounded down to a multiple of 25 (0 for a run from scratch, where a resumed
-    run starts)."""
+    step axis starts at the last multiple of 25 before the first step (0 for a run from scratch, where a resumed run
+    starts), so it is never empty."""
     image = Image.new("RGB", (WIDTH, HEIGHT), "white")
     draw = ImageDraw.Draw(image)
     low, high = 0.0, max(losses) * 1.05
-    first, last = min(steps) // 25 * 25, max(steps)
+    first, last = (min(steps) - 1) // 25 * 25, max(steps)
 
     def point(step, loss):
         x = MARGIN + (WIDTH - 2 * MARGIN) * (step - first) / (last - first)
